@@ -1,0 +1,191 @@
+//! Thin system-call wrappers: rseq(2), membarrier(2), the auxiliary vector, CPU counts.
+//!
+//! Every fallible call returns [`std::io::Result`]; nothing here panics or retries.
+
+use std::io;
+use std::sync::OnceLock;
+
+use crate::abi;
+
+/// `rseq(area, len, flags, sig)`. rustix has no rseq wrapper, so this is a raw `syscall`.
+///
+/// # Safety
+/// `area` must point to `len` writable bytes aligned as the kernel wants, which stay valid (and
+/// are not reused for anything else) until the area is unregistered or the thread exits.
+pub unsafe fn rseq(area: *mut abi::Rseq, len: u32, flags: i32, sig: u32) -> io::Result<()> {
+    // SAFETY: the caller guarantees that `area`/`len` describe memory that outlives the
+    // registration; the kernel validates everything else and reports errors through errno.
+    let r = unsafe { libc::syscall(abi::SYS_RSEQ, area, len, flags, sig) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// `membarrier(MEMBARRIER_CMD_QUERY)`: the bit set of supported commands (empty if the call
+/// itself is refused, for example by seccomp).
+pub fn membarrier_query() -> u32 {
+    rustix::thread::membarrier_query().bits()
+}
+
+/// `membarrier(REGISTER_PRIVATE_EXPEDITED_RSEQ)`: must succeed once per process before the
+/// first rseq fence.
+pub fn membarrier_register_rseq() -> io::Result<()> {
+    rustix::thread::membarrier(rustix::thread::MembarrierCommand::RegisterPrivateExpeditedRseq)
+        .map_err(io::Error::from)
+}
+
+/// `membarrier(PRIVATE_EXPEDITED_RSEQ, FLAG_CPU, cpu)`: restart any rseq critical section of
+/// this process running on `cpu`, and wait until that has happened.
+pub fn membarrier_rseq_cpu(cpu: usize) -> io::Result<()> {
+    let cpu = u32::try_from(cpu).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `Cpuid::from_raw` only asks for a CPU number; an invalid one makes the kernel
+    // return EINVAL, which we pass on.
+    let id = unsafe { rustix::thread::Cpuid::from_raw(cpu) };
+    rustix::thread::membarrier_cpu(rustix::thread::MembarrierCommand::PrivateExpeditedRseq, id)
+        .map_err(io::Error::from)
+}
+
+/// `membarrier(PRIVATE_EXPEDITED_RSEQ)` on every CPU running a thread of this process.
+pub fn membarrier_rseq_all() -> io::Result<()> {
+    rustix::thread::membarrier(rustix::thread::MembarrierCommand::PrivateExpeditedRseq)
+        .map_err(io::Error::from)
+}
+
+/// Names of the commands in a `membarrier_query` bit set.
+pub fn membarrier_names(bits: u32) -> Vec<&'static str> {
+    abi::membarrier::NAMES.iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| *n).collect()
+}
+
+/// `getauxval(AT_RSEQ_FEATURE_SIZE)`, or `None` when the kernel does not say (before 6.3).
+pub fn rseq_feature_size() -> Option<usize> {
+    auxval(abi::AT_RSEQ_FEATURE_SIZE)
+}
+
+/// `getauxval(AT_RSEQ_ALIGN)`, or `None` when the kernel does not say (before 6.3).
+pub fn rseq_align() -> Option<usize> {
+    auxval(abi::AT_RSEQ_ALIGN)
+}
+
+fn auxval(key: u64) -> Option<usize> {
+    // SAFETY: getauxval only reads the process's auxiliary vector; unknown keys give 0.
+    let v = unsafe { libc::getauxval(key as libc::c_ulong) };
+    (v != 0).then_some(v as usize)
+}
+
+/// The number of possible CPU numbers: one more than the highest CPU that can ever come online,
+/// read from `/sys/devices/system/cpu/possible`, else `sysconf(_SC_NPROCESSORS_CONF)`. Computed
+/// once; always at least 1.
+pub fn possible_cpus() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| {
+        std::fs::read_to_string("/sys/devices/system/cpu/possible")
+            .ok()
+            .and_then(|s| parse_cpu_list_max(&s))
+            .map(|max| max + 1)
+            .unwrap_or_else(|| {
+                // SAFETY: sysconf has no memory-safety preconditions.
+                let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+                if n > 0 { n as usize } else { 1 }
+            })
+    })
+}
+
+/// The highest CPU number in a kernel CPU list such as `0-3,8,10-11`.
+pub fn parse_cpu_list_max(s: &str) -> Option<usize> {
+    let mut max = None;
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        let hi = part.rsplit('-').next()?.trim().parse::<usize>().ok()?;
+        if let Some((lo, _)) = part.split_once('-') {
+            if lo.trim().parse::<usize>().ok()? > hi {
+                return None;
+            }
+        }
+        max = Some(max.map_or(hi, |m: usize| m.max(hi)));
+    }
+    max
+}
+
+/// The number of CPUs online now (`sysconf(_SC_NPROCESSORS_ONLN)`), at least 1.
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 { n as usize } else { 1 }
+}
+
+/// `sched_getcpu()` through the vDSO: the CPU this thread ran on a moment ago.
+pub fn sched_getcpu() -> usize {
+    rustix::thread::sched_getcpu()
+}
+
+/// The kernel release (`uname -r`).
+pub fn kernel_release() -> String {
+    rustix::system::uname().release().to_string_lossy().into_owned()
+}
+
+/// glibc's version (`gnu_get_libc_version`, looked up at run time), or `None` on other C
+/// libraries.
+pub fn glibc_version() -> Option<String> {
+    let f = dlsym(c"gnu_get_libc_version")?;
+    // SAFETY: glibc's gnu_get_libc_version has this signature and returns a static C string.
+    let f: extern "C" fn() -> *const libc::c_char = unsafe { std::mem::transmute(f) };
+    let p = f();
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, NUL-terminated, static for the life of the process.
+    Some(unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+/// `dlsym(RTLD_DEFAULT, name)`, or `None` when the symbol is not defined.
+pub fn dlsym(name: &std::ffi::CStr) -> Option<*mut libc::c_void> {
+    // SAFETY: name is a valid C string; RTLD_DEFAULT searches the global scope.
+    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    (!p.is_null()).then_some(p)
+}
+
+/// A human explanation of an rseq(2) registration errno.
+pub fn explain_rseq_errno(errno: i32) -> &'static str {
+    match errno {
+        libc::ENOSYS => "the kernel has no rseq system call (older than 4.18, or filtered by seccomp)",
+        libc::EPERM => "rseq is forbidden here (a seccomp filter or sandbox), or the signature differs from an earlier registration",
+        libc::EINVAL => "the kernel rejected the area (length, alignment or flags it does not accept)",
+        libc::EBUSY => "another rseq area is already registered for this thread by code we cannot see (a static glibc, another library)",
+        libc::EFAULT => "the kernel could not access the area",
+        _ => "rseq registration failed",
+    }
+}
+
+/// The symbolic name of an errno value (`ENOSYS`, ...).
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::ENOSYS => "ENOSYS",
+        libc::EPERM => "EPERM",
+        libc::EINVAL => "EINVAL",
+        libc::EBUSY => "EBUSY",
+        libc::EFAULT => "EFAULT",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        _ => "E?",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list_max("0-1\n"), Some(1));
+        assert_eq!(parse_cpu_list_max("0"), Some(0));
+        assert_eq!(parse_cpu_list_max("0-3,8,10-11"), Some(11));
+        assert_eq!(parse_cpu_list_max("3-1"), None);
+        assert_eq!(parse_cpu_list_max("x"), None);
+        assert_eq!(parse_cpu_list_max(""), None);
+        assert!(possible_cpus() >= online_cpus().min(possible_cpus()));
+        assert!(possible_cpus() >= 1);
+    }
+
+    #[test]
+    fn membarrier_names_decode() {
+        let n = membarrier_names(abi::membarrier::CMD_PRIVATE_EXPEDITED_RSEQ | 1);
+        assert_eq!(n, ["GLOBAL", "PRIVATE_EXPEDITED_RSEQ"]);
+    }
+}
