@@ -16,6 +16,8 @@ use crate::{abi, cpu, sys};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Status {
+    /// How the process runs its operations (fast, or degraded and why).
+    pub mode: crate::Mode,
     /// Who provides the calling thread's rseq area, or why there is none.
     pub registration: Registration,
     /// `uname -r`.
@@ -64,6 +66,7 @@ pub fn status() -> Status {
     let registration = thread::registration();
     let p = thread::process();
     Status {
+        mode: thread::mode().clone(),
         registration,
         kernel_release: sys::kernel_release(),
         glibc_version: sys::glibc_version(),
@@ -94,6 +97,7 @@ impl fmt::Display for Status {
             opt(self.rseq_align),
             self.usable_len
         )?;
+        writeln!(f, "mode            {}", self.mode)?;
         writeln!(f, "rseq area       {}", self.registration)?;
         writeln!(f, "current         cpu {}, mm_cid {}, node {}", self.cpu, opt(self.mm_cid), opt(self.node))?;
         writeln!(f, "CPUs            {} possible, {} online", self.possible_cpus, self.online_cpus)?;

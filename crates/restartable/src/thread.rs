@@ -119,6 +119,8 @@ thread_local! {
     /// The calling thread's usable area, or null. Constant-initialised and without `Drop`, so a
     /// read is a single thread-pointer-relative load.
     static AREA: Cell<*mut abi::Rseq> = const { Cell::new(ptr::null_mut()) };
+    /// The registered area (set even in degraded mode, where `AREA` stays null).
+    static REGISTERED: Cell<*mut abi::Rseq> = const { Cell::new(ptr::null_mut()) };
     static STATE: Cell<State> = const { Cell::new(State::Unknown) };
     /// Our own registration, unregistered and freed when the thread exits.
     static OWN: RefCell<Option<OwnArea>> = const { RefCell::new(None) };
@@ -133,6 +135,7 @@ struct OwnArea {
 impl Drop for OwnArea {
     fn drop(&mut self) {
         AREA.with(|a| a.set(ptr::null_mut()));
+        REGISTERED.with(|a| a.set(ptr::null_mut()));
         STATE.with(|s| s.set(State::Exited));
         // SAFETY: `ptr`/`len` are what this thread registered, with the same signature.
         let unregistered =
@@ -157,12 +160,103 @@ pub(crate) fn area() -> *mut abi::Rseq {
 #[cold]
 #[inline(never)]
 fn area_slow() -> *mut abi::Rseq {
-    if STATE.with(Cell::get) != State::Unknown {
+    if thread_state() != State::Ready || !mode().is_fast() {
+        // No area, or degraded: the area stays registered (and reported), but no section runs.
         return ptr::null_mut();
     }
-    let state = init_thread();
-    STATE.with(|s| s.set(state));
-    AREA.with(Cell::get)
+    let p = REGISTERED.with(Cell::get);
+    AREA.with(|a| a.set(p));
+    p
+}
+
+/// The calling thread's registration state, registering now if it was never tried.
+fn thread_state() -> State {
+    if STATE.with(Cell::get) == State::Unknown {
+        let state = init_thread();
+        STATE.with(|s| s.set(state));
+    }
+    STATE.with(Cell::get)
+}
+
+/// How the process runs its operations, decided once, before the first critical section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// rseq fast paths; the guard plus the membarrier rseq fence for the slow path.
+    Fast,
+    /// Every operation goes through the guard words, used as per-CPU locks (no fence);
+    /// `sched_getcpu` picks the CPU. Correct, only slower.
+    Degraded(Degraded),
+}
+
+/// Why the process runs in [`Mode::Degraded`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Degraded {
+    /// The thread that decided could not use rseq.
+    NoRseq(Unavailable),
+    /// rseq works, but membarrier's rseq fence (needed to stop a CPU's fast paths) does not.
+    NoFence {
+        /// The errno of `membarrier(REGISTER_PRIVATE_EXPEDITED_RSEQ)`, if it failed with one.
+        errno: Option<i32>,
+    },
+    /// The environment variable `RESTARTABLE_FORCE_DEGRADED=1` asked for it (tests, stress).
+    Forced,
+}
+
+impl Mode {
+    /// True for [`Mode::Fast`].
+    pub fn is_fast(&self) -> bool {
+        matches!(self, Mode::Fast)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Fast => f.write_str("fast (rseq fast paths, guard + membarrier rseq fence slow path)"),
+            Mode::Degraded(Degraded::NoRseq(u)) => write!(f, "degraded: rseq unavailable ({u})"),
+            Mode::Degraded(Degraded::NoFence { errno }) => write!(
+                f,
+                "degraded: membarrier rseq fence unavailable ({})",
+                errno.map_or("the kernel does not offer PRIVATE_EXPEDITED_RSEQ", sys::errno_name)
+            ),
+            Mode::Degraded(Degraded::Forced) => f.write_str("degraded: forced by RESTARTABLE_FORCE_DEGRADED"),
+        }
+    }
+}
+
+static MODE: OnceLock<Mode> = OnceLock::new();
+
+/// The process's [`Mode`], deciding it on first use: degraded if forced, if the calling
+/// thread cannot use rseq, or if membarrier's rseq fence cannot be registered.
+pub fn mode() -> &'static Mode {
+    MODE.get_or_init(|| {
+        if std::env::var_os("RESTARTABLE_FORCE_DEGRADED").is_some_and(|v| v == "1") {
+            return Mode::Degraded(Degraded::Forced);
+        }
+        if let State::Unavailable(errno, reason) = thread_state() {
+            return Mode::Degraded(Degraded::NoRseq(Unavailable { errno, reason }));
+        }
+        match register_fence() {
+            Ok(()) => Mode::Fast,
+            Err(errno) => Mode::Degraded(Degraded::NoFence { errno }),
+        }
+    })
+}
+
+fn register_fence() -> Result<(), Option<i32>> {
+    static FENCE: OnceLock<Result<(), Option<i32>>> = OnceLock::new();
+    *FENCE.get_or_init(|| {
+        if sys::membarrier_query() & abi::membarrier::CMD_PRIVATE_EXPEDITED_RSEQ == 0 {
+            // Either the kernel lacks it or the query itself was refused: registering says which.
+            return Err(sys::membarrier_register_rseq().err().and_then(|e| e.raw_os_error()));
+        }
+        sys::membarrier_register_rseq().map_err(|e| e.raw_os_error())
+    })
+}
+
+/// Make sure the process is registered for membarrier's rseq fence (once, thread-safely).
+pub(crate) fn fence_registered() -> std::io::Result<()> {
+    register_fence().map_err(|e| std::io::Error::from_raw_os_error(e.unwrap_or(libc::ENOSYS)))
 }
 
 fn init_thread() -> State {
@@ -182,7 +276,7 @@ fn init_thread() -> State {
                 "glibc did not register rseq for this thread (cpu_id is -1: not a glibc thread?)",
             ),
             _ => {
-                AREA.with(|a| a.set(area));
+                REGISTERED.with(|a| a.set(area));
                 State::Ready
             }
         };
@@ -217,7 +311,7 @@ fn register_own() -> State {
     match unsafe { sys::rseq(mem, len, 0, abi::RSEQ_SIG) } {
         Ok(()) => {
             OWN.with(|o| *o.borrow_mut() = Some(OwnArea { ptr: mem, layout, len }));
-            AREA.with(|a| a.set(mem));
+            REGISTERED.with(|a| a.set(mem));
             State::Ready
         }
         Err(e) => {
@@ -254,7 +348,7 @@ pub(crate) fn usable_len() -> usize {
 
 /// How the calling thread's rseq area is provided (registering it now if it was not yet).
 pub fn registration() -> Registration {
-    let _ = area();
+    let _ = thread_state();
     let p = process();
     match STATE.with(Cell::get) {
         State::Ready => match p.glibc {

@@ -1,0 +1,1 @@
+//! The user-space CPU op vector (placeholder: being written).
