@@ -1,3 +1,77 @@
-fn main() {
-    println!("{}", restartable::status());
+//! `restartable`: inspect, stress and benchmark the `restartable` per-CPU library.
+//!
+//! Each subcommand lives in its own module with an `Args` struct (clap derive) and a
+//! `run(&Args) -> CmdResult`; adding one is a variant in [`Command`] and an arm in [`main`].
+//! With no subcommand the binary runs the [`tour`].
+
+mod info;
+mod tour;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// What a subcommand returns: the exit code to end with, or an error to report (exit 1).
+pub type CmdResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+/// Per-CPU data via rseq: inspect the environment, stress and benchmark the library.
+///
+/// With no subcommand, runs a short tour of everything below.
+#[derive(Debug, Parser)]
+#[command(name = "restartable", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show what the library found: kernel, glibc, rseq registration, CPUs, membarrier.
+    Info(info::Args),
+    // Later: `Stress(stress::Args)` and `Bench(bench::Args)`, each in its own module.
+}
+
+fn main() -> ExitCode {
+    // A bad argument prints clap's usage error and exits 2; --help/--version exit 0.
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        None => tour::tour(),
+        Some(Command::Info(args)) => info::run(args),
+    };
+    finish(result)
+}
+
+/// Turn a subcommand's result into the process's exit code. A closed stdout (`restartable info
+/// | head -1`) is not an error worth a message.
+fn finish(result: CmdResult) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("restartable: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses() {
+        assert!(Cli::try_parse_from(["restartable"]).unwrap().command.is_none());
+        let c = Cli::try_parse_from(["restartable", "info", "--json"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Info(info::Args { json: true }))));
+        assert!(Cli::try_parse_from(["restartable", "info", "--bogus"]).is_err());
+        assert!(Cli::try_parse_from(["restartable", "nope"]).is_err());
+    }
 }
