@@ -26,4 +26,4 @@ pub use arch::inject;
 pub use cpu::{current_cpu, current_mm_cid, current_node};
 pub use status::{Status, status};
 pub use sys::possible_cpus;
-pub use thread::{Degraded, Mode, Registration, Unavailable, mode};
+pub use thread::{Degraded, Mode, Registration, Unavailable, live_own_areas, mode, registration};

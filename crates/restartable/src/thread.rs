@@ -11,7 +11,17 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::ptr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+/// Own areas registered and not yet unregistered and freed (a leak detector for tests).
+static LIVE_OWN_AREAS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many areas this library registered itself and has not yet unregistered and freed:
+/// one per live thread in own-area mode, 0 with glibc's areas. A thread that exits brings it
+/// back down; if it does not, areas leak.
+pub fn live_own_areas() -> usize {
+    LIVE_OWN_AREAS.load(Ordering::Relaxed)
+}
 
 use crate::{abi, arch, sys};
 
@@ -144,6 +154,7 @@ impl Drop for OwnArea {
             // SAFETY: allocated with this layout in `register_own`; the kernel no longer
             // writes to it after a successful unregistration.
             unsafe { std::alloc::dealloc(self.ptr.cast(), self.layout) };
+            LIVE_OWN_AREAS.fetch_sub(1, Ordering::Relaxed);
         }
         // If unregistration failed the kernel may still write to the area: leak it.
     }
@@ -310,6 +321,7 @@ fn register_own() -> State {
     // until `OwnArea::drop` unregisters it.
     match unsafe { sys::rseq(mem, len, 0, abi::RSEQ_SIG) } {
         Ok(()) => {
+            LIVE_OWN_AREAS.fetch_add(1, Ordering::Relaxed);
             OWN.with(|o| *o.borrow_mut() = Some(OwnArea { ptr: mem, layout, len }));
             REGISTERED.with(|a| a.set(mem));
             State::Ready

@@ -1,0 +1,90 @@
+//! Registration under thread churn: 1,000 short threads, each registering (own-area mode) or
+//! borrowing (glibc) an area, doing an op and exiting; areas are unregistered and freed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use restartable::ops::{self, Cpu, Outcome};
+use restartable::Registration;
+
+fn rss_kib() -> usize {
+    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = s.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4
+}
+
+fn check_churn() {
+    // One word per CPU: a word is only written by sections indexed by its CPU or under its guard.
+    let words: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..restartable::possible_cpus()).map(|_| AtomicUsize::new(0)).collect());
+    // `JoinHandle::join` (pthread_join) returns only after the thread's TLS destructors ran,
+    // unlike `thread::scope`, so the area count below is exact.
+    let run = |n: usize| {
+        for _ in 0..n / 10 {
+            let handles: Vec<_> = (0..10)
+                .map(|_| {
+                    let words = Arc::clone(&words);
+                    std::thread::spawn(move || loop {
+                        let cpu = restartable::current_cpu();
+                        // SAFETY: word `cpu` is only written by ops indexed by `cpu` or under its guard.
+                        match unsafe { ops::load_add_store::<Cpu>(&words[cpu], 1, cpu) } {
+                            Outcome::Committed => break,
+                            Outcome::Aborted => continue,
+                            _ => {
+                                let _g = restartable::guard::stop::<Cpu>(cpu).unwrap();
+                                words[cpu].store(words[cpu].load(Relaxed) + 1, Relaxed);
+                                break;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().for_each(|h| h.join().unwrap());
+        }
+    };
+    run(200); // warm up the allocator and thread stacks
+    let before = rss_kib();
+    let live_before = restartable::live_own_areas();
+    run(1000);
+    let after = rss_kib();
+    let total: usize = words.iter().map(|w| w.load(Relaxed)).sum();
+    assert_eq!(total, 1200, "every thread's op counted exactly once");
+    assert_eq!(restartable::live_own_areas(), live_before, "every own area was unregistered and freed");
+    eprintln!("RSS {before} KiB -> {after} KiB over 1000 threads");
+    assert!(after < before + 2048, "RSS grew by {} KiB over 1000 threads", after - before);
+}
+
+#[test]
+fn thousand_threads_glibc_or_own() {
+    check_churn();
+}
+
+/// The same in own-area mode, in a child process where glibc's registration is off.
+#[test]
+fn thousand_threads_own_area() {
+    if std::env::var_os("RESTARTABLE_CHILD").is_some() {
+        assert!(matches!(restartable::status().registration, Registration::Own { .. }), "own area expected");
+        check_churn();
+        // A thread that exits by panicking still unregisters and frees its area.
+        let live = restartable::live_own_areas();
+        let r = std::thread::spawn(|| {
+            assert!(matches!(restartable::registration(), Registration::Own { .. }));
+            assert_eq!(restartable::live_own_areas(), live + 1);
+            panic!("deliberate panic with a registered area");
+        })
+        .join();
+        assert!(r.is_err());
+        assert_eq!(restartable::live_own_areas(), live, "the panicking thread's area was freed");
+        assert_eq!(restartable::live_own_areas(), 1, "only the main test thread's area is live");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["thousand_threads_own_area", "--exact", "--nocapture", "--test-threads=1"])
+        .env("RESTARTABLE_CHILD", "1")
+        .env("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(text.contains("1 passed"), "child ran the test:\n{text}");
+}
