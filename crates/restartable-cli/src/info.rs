@@ -61,7 +61,9 @@ pub fn to_json(s: &Status) -> Value {
 /// `{"owner": "unavailable", "errno", "errno_name", "reason"}`.
 fn registration_json(r: &Registration) -> Value {
     match r {
-        Registration::Glibc { offset, size } => json!({ "owner": "glibc", "offset": offset, "size": size }),
+        Registration::Glibc { offset, size } => {
+            json!({ "owner": "glibc", "offset": offset, "size": size })
+        }
         Registration::Own { len, align } => json!({ "owner": "own", "len": len, "align": align }),
         Registration::Unavailable(u) => tagged("owner", "unavailable", unavailable_json(u)),
     }
@@ -77,9 +79,11 @@ fn unavailable_json(u: &Unavailable) -> Value {
 fn mode_json(m: &Mode) -> Value {
     let mut v = match m {
         Mode::Fast => json!({ "kind": "fast" }),
-        Mode::Degraded(Degraded::NoRseq(u)) => {
-            tagged("kind", "degraded", tagged("why", "no_rseq", unavailable_json(u)))
-        }
+        Mode::Degraded(Degraded::NoRseq(u)) => tagged(
+            "kind",
+            "degraded",
+            tagged("why", "no_rseq", unavailable_json(u)),
+        ),
         Mode::Degraded(Degraded::NoFence { errno }) => json!({
             "kind": "degraded",
             "why": "no_fence",
@@ -110,8 +114,19 @@ mod tests {
     fn json_has_every_field() {
         let v = to_json(&restartable::status());
         for k in [
-            "kernel_release", "glibc_version", "rseq_feature_size", "rseq_align", "usable_len", "mode",
-            "registration", "cpu", "mm_cid", "node", "possible_cpus", "online_cpus", "membarrier",
+            "kernel_release",
+            "glibc_version",
+            "rseq_feature_size",
+            "rseq_align",
+            "usable_len",
+            "mode",
+            "registration",
+            "cpu",
+            "mm_cid",
+            "node",
+            "possible_cpus",
+            "online_cpus",
+            "membarrier",
         ] {
             assert!(v.get(k).is_some(), "missing {k} in {v}");
         }
@@ -121,16 +136,28 @@ mod tests {
 
     #[test]
     fn registrations() {
-        let g = registration_json(&Registration::Glibc { offset: -160, size: 20 });
+        let g = registration_json(&Registration::Glibc {
+            offset: -160,
+            size: 20,
+        });
         assert_eq!(g, json!({"owner": "glibc", "offset": -160, "size": 20}));
         let o = registration_json(&Registration::Own { len: 32, align: 32 });
         assert_eq!(o, json!({"owner": "own", "len": 32, "align": 32}));
-        let u = registration_json(&Registration::Unavailable(Unavailable { errno: Some(libc::ENOSYS), reason: "r" }));
+        let u = registration_json(&Registration::Unavailable(Unavailable {
+            errno: Some(libc::ENOSYS),
+            reason: "r",
+        }));
         assert_eq!(u["owner"], "unavailable");
         assert_eq!(u["errno_name"], "ENOSYS");
         assert_eq!(u["reason"], "r");
-        assert_eq!(u.as_object().unwrap().keys().next().map(String::as_str), Some("owner"));
-        let n = registration_json(&Registration::Unavailable(Unavailable { errno: None, reason: "r" }));
+        assert_eq!(
+            u.as_object().unwrap().keys().next().map(String::as_str),
+            Some("owner")
+        );
+        let n = registration_json(&Registration::Unavailable(Unavailable {
+            errno: None,
+            reason: "r",
+        }));
         assert!(n["errno"].is_null() && n["errno_name"].is_null());
     }
 
@@ -138,8 +165,13 @@ mod tests {
     fn modes() {
         assert_eq!(mode_json(&Mode::Fast)["kind"], "fast");
         let f = mode_json(&Mode::Degraded(Degraded::Forced));
-        assert_eq!((f["kind"].as_str(), f["why"].as_str()), (Some("degraded"), Some("forced")));
-        let n = mode_json(&Mode::Degraded(Degraded::NoFence { errno: Some(libc::EPERM) }));
+        assert_eq!(
+            (f["kind"].as_str(), f["why"].as_str()),
+            (Some("degraded"), Some("forced"))
+        );
+        let n = mode_json(&Mode::Degraded(Degraded::NoFence {
+            errno: Some(libc::EPERM),
+        }));
         assert_eq!(n["errno_name"], "EPERM");
     }
 }

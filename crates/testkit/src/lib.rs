@@ -25,8 +25,10 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 
 /// rseq(2)'s system call number on this architecture.
+#[allow(clippy::unnecessary_cast)] // `c_long` is `i64` only on 64-bit targets
 pub const SYS_RSEQ: i64 = libc::SYS_rseq as i64;
 /// membarrier(2)'s system call number on this architecture.
+#[allow(clippy::unnecessary_cast)] // `c_long` is `i64` only on 64-bit targets
 pub const SYS_MEMBARRIER: i64 = libc::SYS_membarrier as i64;
 
 /// The environment variable [`run_self_as_child`] sets to `1` in the child, so a child-side
@@ -58,11 +60,21 @@ const OFFSET_NR: u32 = std::mem::offset_of!(libc::seccomp_data, nr) as u32;
 const OFFSET_ARCH: u32 = std::mem::offset_of!(libc::seccomp_data, arch) as u32;
 
 const fn stmt(code: u32, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code: code as u16, jt: 0, jf: 0, k }
+    libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
 }
 
 const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter { code: code as u16, jt, jf, k }
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
 }
 
 /// Why a rule set cannot be turned into a filter.
@@ -112,15 +124,28 @@ pub fn build_filter(rules: &[(i64, i32)]) -> Result<Vec<libc::sock_filter>, Filt
         return Err(FilterError::TooManyRules(rules.len()));
     }
     let mut prog = Vec::with_capacity(4 + 2 * rules.len());
-    prog.push(stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_ARCH));
+    prog.push(stmt(
+        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+        OFFSET_ARCH,
+    ));
     // Native architecture: fall through to the rules; otherwise jump to the final ALLOW.
     let to_allow = u8::try_from(1 + 2 * rules.len()).unwrap_or(u8::MAX);
     if to_allow == u8::MAX {
         // A far jump needs `ja`; with so many rules use it (1 extra instruction).
-        prog.push(jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, AUDIT_ARCH, 1, 0));
+        prog.push(jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            AUDIT_ARCH,
+            1,
+            0,
+        ));
         prog.push(stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW));
     } else {
-        prog.push(jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, AUDIT_ARCH, 0, to_allow));
+        prog.push(jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            AUDIT_ARCH,
+            0,
+            to_allow,
+        ));
     }
     prog.push(stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_NR));
     for &(nr, errno) in rules {
@@ -166,7 +191,11 @@ pub fn deny_syscalls_command(cmd: &mut Command, rules: &[(i64, i32)]) {
         // SAFETY: `prog` points to `filter`, a valid BPF program that lives (captured by this
         // closure) for the whole call; the kernel copies it. prctl is async-signal safe.
         let r = unsafe {
-            libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER as libc::c_ulong, &prog as *const libc::sock_fprog)
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &prog as *const libc::sock_fprog,
+            )
         };
         if r != 0 {
             return Err(io::Error::last_os_error());
@@ -199,7 +228,8 @@ pub fn run_self_as_child(test_name: &str, env: &[(&str, &str)], rules: &[(i64, i
     if !rules.is_empty() {
         deny_syscalls_command(&mut cmd, rules);
     }
-    cmd.output().unwrap_or_else(|e| failed(format!("spawning {test_name}: {e}")))
+    cmd.output()
+        .unwrap_or_else(|e| failed(format!("spawning {test_name}: {e}")))
 }
 
 fn failed(msg: String) -> Output {
@@ -238,11 +268,23 @@ mod tests {
 
     #[test]
     fn bad_rules_are_errors() {
-        assert_eq!(build_filter(&[(-1, 1)]).unwrap_err(), FilterError::BadSyscall(-1));
-        assert_eq!(build_filter(&[(1, 0)]).unwrap_err(), FilterError::BadErrno(0));
-        assert_eq!(build_filter(&[(1, 5000)]).unwrap_err(), FilterError::BadErrno(5000));
+        assert_eq!(
+            build_filter(&[(-1, 1)]).unwrap_err(),
+            FilterError::BadSyscall(-1)
+        );
+        assert_eq!(
+            build_filter(&[(1, 0)]).unwrap_err(),
+            FilterError::BadErrno(0)
+        );
+        assert_eq!(
+            build_filter(&[(1, 5000)]).unwrap_err(),
+            FilterError::BadErrno(5000)
+        );
         let many = vec![(1, 1); 3000];
-        assert_eq!(build_filter(&many).unwrap_err(), FilterError::TooManyRules(3000));
+        assert_eq!(
+            build_filter(&many).unwrap_err(),
+            FilterError::TooManyRules(3000)
+        );
         // Many rules still build (far jump path).
         let lots = vec![(1, 1); 200];
         assert_eq!(build_filter(&lots).unwrap().len(), 5 + 2 * 200);
@@ -260,7 +302,9 @@ mod tests {
     fn denied_call_gets_the_errno() {
         // `uname` needs uname(2): denying it shows in the exit status.
         let mut cmd = Command::new("uname");
-        deny_syscalls_command(&mut cmd, &[(libc::SYS_uname as i64, libc::EPERM)]);
+        #[allow(clippy::unnecessary_cast)] // `c_long` is `i64` only on 64-bit targets
+        let uname = libc::SYS_uname as i64;
+        deny_syscalls_command(&mut cmd, &[(uname, libc::EPERM)]);
         let out = cmd.output().unwrap();
         assert!(!out.status.success(), "{}", describe(&out));
         let mut ok = Command::new("uname");
@@ -281,6 +325,10 @@ mod tests {
             &[(SYS_RSEQ, libc::ENOSYS)],
         );
         assert!(out.status.success(), "{}", describe(&out));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("TESTKIT-CHILD-OK"), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("TESTKIT-CHILD-OK"),
+            "{}",
+            describe(&out)
+        );
     }
 }
