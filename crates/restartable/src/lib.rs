@@ -17,6 +17,7 @@ mod cpu;
 pub mod guard;
 pub mod ops;
 pub mod opv;
+pub mod retry;
 mod status;
 pub mod sys;
 mod thread;

@@ -110,9 +110,14 @@ pub fn online_cpus() -> usize {
     if n > 0 { n as usize } else { 1 }
 }
 
-/// `sched_getcpu()` through the vDSO: the CPU this thread ran on a moment ago.
+/// `sched_getcpu()`: the CPU this thread ran on a moment ago (0 if the call fails).
+///
+/// This goes through the C library rather than rustix: rustix parses the vDSO itself, which
+/// valgrind (one of the environments degraded mode must serve) reports as invalid reads.
 pub fn sched_getcpu() -> usize {
-    rustix::thread::sched_getcpu()
+    // SAFETY: sched_getcpu has no preconditions; it returns -1 on failure.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).unwrap_or(0)
 }
 
 /// The kernel release (`uname -r`).

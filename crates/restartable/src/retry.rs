@@ -1,0 +1,113 @@
+//! The retry driver: the fast path while it can, the slow path when it must.
+//!
+//! [`run`] calls a fast-path closure (one critical section) with the current index and retries
+//! it on [`Outcome::Aborted`]. After [`max_aborts`] consecutive aborts (a debugger
+//! single-stepping, a signal storm), or at once on [`Outcome::Stopped`] (the CPU is stopped by
+//! someone else, the thread has no rseq area, or the process is in degraded mode), it runs the
+//! slow-path closure instead, with the current index stopped through the guard
+//! ([`guard::stop`]). Every operation therefore completes, in every environment.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use restartable::ops::{self, Cpu};
+//! use restartable::retry::{self, Path};
+//!
+//! let slots: Vec<AtomicUsize> = (0..restartable::possible_cpus()).map(|_| AtomicUsize::new(0)).collect();
+//! let path = retry::run::<Cpu, _>(
+//!     // SAFETY: slot `i` is only written by ops indexed by `i` or under i's guard.
+//!     |i| unsafe { ops::load_add_store::<Cpu>(&slots[i], 5, i) },
+//!     |stop| { slots[stop.index()].fetch_add(5, Ordering::Relaxed); },
+//! ).unwrap();
+//! assert!(matches!(path, Path::Fast(_) | Path::Slow(())));
+//! assert_eq!(slots.iter().map(|s| s.load(Ordering::Relaxed)).sum::<usize>(), 5);
+//! ```
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use crate::guard::{self, CpuStop, GuardError};
+use crate::ops::{Index, Outcome};
+
+/// The default number of consecutive aborts before the slow path.
+pub const DEFAULT_MAX_ABORTS: u32 = 64;
+
+static MAX_ABORTS: AtomicU32 = AtomicU32::new(DEFAULT_MAX_ABORTS);
+static SLOW_PATH_USES: AtomicU64 = AtomicU64::new(0);
+static ABORTS: AtomicU64 = AtomicU64::new(0);
+
+/// The number of consecutive aborts after which [`run`] takes the slow path.
+pub fn max_aborts() -> u32 {
+    MAX_ABORTS.load(Relaxed)
+}
+
+/// Set the abort limit for the whole process (at least 1; `u32::MAX` effectively disables the
+/// fallback, which only a test demonstrating why it exists should do).
+pub fn set_max_aborts(n: u32) {
+    MAX_ABORTS.store(n.max(1), Relaxed);
+}
+
+/// How many operations this process completed through the slow path.
+pub fn slow_path_uses() -> u64 {
+    SLOW_PATH_USES.load(Relaxed)
+}
+
+/// How many critical sections of [`run`] the kernel aborted in this process.
+pub fn aborts() -> u64 {
+    ABORTS.load(Relaxed)
+}
+
+/// Which path completed an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path<T> {
+    /// The fast path ended with this outcome ([`Outcome::Committed`] or
+    /// [`Outcome::CompareFailed`]).
+    Fast(Outcome),
+    /// The slow path ran and returned this.
+    Slow(T),
+}
+
+/// Run an operation: `fast(index)` until it commits or its compare fails, else `slow(&stop)`
+/// with the current index stopped.
+///
+/// `fast` must be one critical section on `index` (an op from [`ops`](crate::ops)), and `slow`
+/// the same operation done with atomic accesses on `stop.index()`'s data (for example an
+/// [`OpVec`](crate::opv::OpVec) run with `run_stopped`).
+///
+/// # Errors
+/// Only if the guard cannot stop the index: the index is out of range (a caller bug) or the
+/// membarrier fence failed after the mode was decided.
+#[inline]
+pub fn run<I: Index, T>(
+    mut fast: impl FnMut(usize) -> Outcome,
+    slow: impl FnOnce(&CpuStop) -> T,
+) -> Result<Path<T>, GuardError> {
+    let mut aborts = 0u32;
+    loop {
+        let Some(index) = I::current() else { break };
+        match fast(index) {
+            o @ (Outcome::Committed | Outcome::CompareFailed) => return Ok(Path::Fast(o)),
+            Outcome::Stopped => break,
+            Outcome::Aborted => {
+                // Counted as they happen (aborts are rare), so a stuck thread can be observed.
+                ABORTS.fetch_add(1, Relaxed);
+                aborts += 1;
+                if aborts >= max_aborts() {
+                    break;
+                }
+            }
+        }
+    }
+    run_slow::<I, T>(slow)
+}
+
+#[cold]
+#[inline(never)]
+fn run_slow<I: Index, T>(slow: impl FnOnce(&CpuStop) -> T) -> Result<Path<T>, GuardError> {
+    // In degraded mode (or without mm_cid) `sched_getcpu` picks the index: any index is correct
+    // once its guard is held, a nearby one is just faster.
+    let index = I::current().unwrap_or_else(crate::current_cpu);
+    let stop = guard::stop::<I>(index)?;
+    let r = slow(&stop);
+    drop(stop);
+    SLOW_PATH_USES.fetch_add(1, Relaxed);
+    Ok(Path::Slow(r))
+}
