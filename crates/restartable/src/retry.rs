@@ -17,7 +17,7 @@
 //!     // SAFETY: slot `i` is only written by ops indexed by `i` or under i's guard.
 //!     |i| unsafe { ops::load_add_store::<Cpu>(&slots[i], 5, i) },
 //!     |stop| { slots[stop.index()].fetch_add(5, Ordering::Relaxed); },
-//! ).unwrap();
+//! );
 //! assert!(matches!(path, Path::Fast(_) | Path::Slow(())));
 //! assert_eq!(slots.iter().map(|s| s.load(Ordering::Relaxed)).sum::<usize>(), 5);
 //! ```
@@ -70,44 +70,54 @@ pub enum Path<T> {
 ///
 /// `fast` must be one critical section on `index` (an op from [`ops`](crate::ops)), and `slow`
 /// the same operation done with atomic accesses on `stop.index()`'s data (for example an
-/// [`OpVec`](crate::opv::OpVec) run with `run_stopped`).
+/// [`OpVec`](crate::opv::OpVec) run with `run_stopped`). `stop.index()` is always below
+/// [`guard::limit`]; it is the thread's current index when that is in range.
 ///
-/// # Errors
-/// Only if the guard cannot stop the index: the index is out of range (a caller bug) or the
-/// membarrier fence failed after the mode was decided.
+/// If the membarrier fence fails after the process chose fast mode (possible only if a seccomp
+/// filter installed later forbids it), the slow path cannot be entered safely: the driver then
+/// yields and goes back to the fast path, which completes unless it is aborted forever.
 #[inline]
 pub fn run<I: Index, T>(
     mut fast: impl FnMut(usize) -> Outcome,
     slow: impl FnOnce(&CpuStop) -> T,
-) -> Result<Path<T>, GuardError> {
-    let mut aborts = 0u32;
+) -> Path<T> {
+    let mut slow = Some(slow);
     loop {
-        let Some(index) = I::current() else { break };
-        match fast(index) {
-            o @ (Outcome::Committed | Outcome::CompareFailed) => return Ok(Path::Fast(o)),
-            Outcome::Stopped => break,
-            Outcome::Aborted => {
-                // Counted as they happen (aborts are rare), so a stuck thread can be observed.
-                ABORTS.fetch_add(1, Relaxed);
-                aborts += 1;
-                if aborts >= max_aborts() {
-                    break;
+        let mut aborts = 0u32;
+        loop {
+            let Some(index) = I::current() else { break };
+            match fast(index) {
+                o @ (Outcome::Committed | Outcome::CompareFailed) => return Path::Fast(o),
+                Outcome::Stopped => break,
+                Outcome::Aborted => {
+                    // Counted as they happen (aborts are rare), so a stuck thread can be observed.
+                    ABORTS.fetch_add(1, Relaxed);
+                    aborts += 1;
+                    if aborts >= max_aborts() {
+                        break;
+                    }
                 }
             }
         }
+        match stop_current::<I>() {
+            Ok(stop) => {
+                // `slow` is taken at most once: this arm returns.
+                let r = (slow.take().expect("slow path runs once"))(&stop);
+                drop(stop);
+                SLOW_PATH_USES.fetch_add(1, Relaxed);
+                return Path::Slow(r);
+            }
+            Err(_) => std::thread::yield_now(),
+        }
     }
-    run_slow::<I, T>(slow)
 }
 
+/// Stop the calling thread's current index (in range), for a slow path.
 #[cold]
 #[inline(never)]
-fn run_slow<I: Index, T>(slow: impl FnOnce(&CpuStop) -> T) -> Result<Path<T>, GuardError> {
+fn stop_current<I: Index>() -> Result<CpuStop, GuardError> {
     // In degraded mode (or without mm_cid) `sched_getcpu` picks the index: any index is correct
     // once its guard is held, a nearby one is just faster.
-    let index = I::current().unwrap_or_else(crate::current_cpu);
-    let stop = guard::stop::<I>(index)?;
-    let r = slow(&stop);
-    drop(stop);
-    SLOW_PATH_USES.fetch_add(1, Relaxed);
-    Ok(Path::Slow(r))
+    let index = I::current().unwrap_or_else(crate::current_cpu) % guard::limit();
+    guard::stop::<I>(index)
 }

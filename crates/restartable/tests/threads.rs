@@ -67,7 +67,7 @@ fn thousand_threads_own_area() {
         check_churn();
         // A thread that exits by panicking still unregisters and frees its area.
         let live = restartable::live_own_areas();
-        let r = std::thread::spawn(|| {
+        let r = std::thread::spawn(move || {
             assert!(matches!(restartable::registration(), Registration::Own { .. }));
             assert_eq!(restartable::live_own_areas(), live + 1);
             panic!("deliberate panic with a registered area");
