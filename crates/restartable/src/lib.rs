@@ -12,19 +12,23 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod collections;
 mod arch;
 mod cpu;
 pub mod guard;
 pub mod ops;
 pub mod opv;
 pub mod retry;
+mod percpu;
 mod status;
 pub mod sys;
 mod thread;
 
 #[cfg(feature = "inject")]
 pub use arch::inject;
+pub use collections::{Buffer, Counter, MemcpyBuffer, SpinLock, SpinLockGuard, Stack};
 pub use cpu::{current_cpu, current_mm_cid, current_node};
+pub use percpu::PerCpu;
 pub use status::{Status, status};
 pub use sys::possible_cpus;
 pub use thread::{Degraded, Mode, Registration, Unavailable, live_own_areas, mode, registration};
