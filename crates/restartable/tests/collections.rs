@@ -55,7 +55,7 @@ fn contend(work: impl Fn(u64) + Sync, remote: impl Fn(&mut u64) + Send) {
 }
 
 fn counter<I: Index>() {
-    let c: Counter<I> = Counter::new();
+    let c: Counter<I> = Counter::default();
     let taken = AtomicU64::new(0);
     contend(
         |t| {

@@ -27,11 +27,15 @@ pub struct Counter<I: Index = Cpu> {
     slots: PerCpu<AtomicUsize, I>,
 }
 
-impl<I: Index> Counter<I> {
-    /// A counter at zero.
+impl Counter<Cpu> {
+    /// A counter at zero, indexed by CPU. For [`MmCid`](crate::ops::MmCid) indexing use
+    /// `Counter::<MmCid>::default()`.
     pub fn new() -> Self {
-        Counter { slots: PerCpu::new(|_| AtomicUsize::new(0)) }
+        Self::default()
     }
+}
+
+impl<I: Index> Counter<I> {
 
     /// Add `n` (wrapping at 2^64) on the current CPU.
     #[inline]
@@ -101,7 +105,7 @@ impl<I: Index> Counter<I> {
 
 impl<I: Index> Default for Counter<I> {
     fn default() -> Self {
-        Self::new()
+        Counter { slots: PerCpu::new(|_| AtomicUsize::new(0)) }
     }
 }
 
