@@ -123,6 +123,8 @@ pub fn stop<I: Index>(index: usize) -> Result<CpuStop, GuardError> {
     }
     let w = &GUARDS[index].0;
     acquire(w);
+    #[cfg(feature = "inject")]
+    crate::arch::inject::delay(7);
     if thread::mode().is_fast() {
         let fenced = if I::MM_CID { fence_all() } else { fence(index) };
         if let Err(e) = fenced {
@@ -130,6 +132,8 @@ pub fn stop<I: Index>(index: usize) -> Result<CpuStop, GuardError> {
             return Err(GuardError::Fence(e));
         }
     }
+    #[cfg(feature = "inject")]
+    crate::arch::inject::delay(8);
     Ok(CpuStop { index })
 }
 

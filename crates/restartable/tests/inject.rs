@@ -73,3 +73,24 @@ fn signals_abort_sections_without_losing_updates() {
     storm::<Cpu>();
     storm::<MmCid>();
 }
+
+/// The check above can fail: the same invariant applied to a deliberately broken op (one that
+/// commits a second time outside its section) sees the doubled updates.
+#[test]
+fn the_invariant_catches_an_op_that_commits_twice() {
+    if !restartable::mode().is_fast() {
+        return;
+    }
+    let slots: Vec<AtomicUsize> = (0..restartable::possible_cpus()).map(|_| AtomicUsize::new(0)).collect();
+    let mut committed = 0;
+    while committed < 1000 {
+        let i = restartable::current_cpu();
+        // SAFETY: slot `i` is only written by this thread.
+        if unsafe { restartable::inject::broken_load_add_store_commits_twice(&slots[i], 1, i) } == Outcome::Committed {
+            committed += 1;
+        }
+    }
+    let total: usize = slots.iter().map(|s| s.load(Relaxed)).sum();
+    assert_ne!(total, committed, "the broken op must be caught");
+    assert_eq!(total, 2 * committed);
+}
