@@ -79,11 +79,9 @@ fn unavailable_json(u: &Unavailable) -> Value {
 fn mode_json(m: &Mode) -> Value {
     let mut v = match m {
         Mode::Fast => json!({ "kind": "fast" }),
-        Mode::Degraded(Degraded::NoRseq(u)) => tagged(
-            "kind",
-            "degraded",
-            tagged("why", "no_rseq", unavailable_json(u)),
-        ),
+        Mode::Degraded(Degraded::NoRseq(u)) => {
+            tagged("kind", "degraded", tagged("why", "no_rseq", unavailable_json(u)))
+        }
         Mode::Degraded(Degraded::NoFence { errno }) => json!({
             "kind": "degraded",
             "why": "no_fence",
@@ -136,28 +134,16 @@ mod tests {
 
     #[test]
     fn registrations() {
-        let g = registration_json(&Registration::Glibc {
-            offset: -160,
-            size: 20,
-        });
+        let g = registration_json(&Registration::Glibc { offset: -160, size: 20 });
         assert_eq!(g, json!({"owner": "glibc", "offset": -160, "size": 20}));
         let o = registration_json(&Registration::Own { len: 32, align: 32 });
         assert_eq!(o, json!({"owner": "own", "len": 32, "align": 32}));
-        let u = registration_json(&Registration::Unavailable(Unavailable {
-            errno: Some(libc::ENOSYS),
-            reason: "r",
-        }));
+        let u = registration_json(&Registration::Unavailable(Unavailable { errno: Some(libc::ENOSYS), reason: "r" }));
         assert_eq!(u["owner"], "unavailable");
         assert_eq!(u["errno_name"], "ENOSYS");
         assert_eq!(u["reason"], "r");
-        assert_eq!(
-            u.as_object().unwrap().keys().next().map(String::as_str),
-            Some("owner")
-        );
-        let n = registration_json(&Registration::Unavailable(Unavailable {
-            errno: None,
-            reason: "r",
-        }));
+        assert_eq!(u.as_object().unwrap().keys().next().map(String::as_str), Some("owner"));
+        let n = registration_json(&Registration::Unavailable(Unavailable { errno: None, reason: "r" }));
         assert!(n["errno"].is_null() && n["errno_name"].is_null());
     }
 
@@ -165,13 +151,8 @@ mod tests {
     fn modes() {
         assert_eq!(mode_json(&Mode::Fast)["kind"], "fast");
         let f = mode_json(&Mode::Degraded(Degraded::Forced));
-        assert_eq!(
-            (f["kind"].as_str(), f["why"].as_str()),
-            (Some("degraded"), Some("forced"))
-        );
-        let n = mode_json(&Mode::Degraded(Degraded::NoFence {
-            errno: Some(libc::EPERM),
-        }));
+        assert_eq!((f["kind"].as_str(), f["why"].as_str()), (Some("degraded"), Some("forced")));
+        let n = mode_json(&Mode::Degraded(Degraded::NoFence { errno: Some(libc::EPERM) }));
         assert_eq!(n["errno_name"], "EPERM");
     }
 }

@@ -27,11 +27,7 @@ fn info_json(env: &[(&str, &str)], deny: &[(i64, i32)]) -> Value {
     let out = restartable(&["info", "--json"], env, deny);
     assert!(out.status.success(), "{}", testkit::describe(&out));
     let text = String::from_utf8(out.stdout.clone()).expect("UTF-8 output");
-    assert_eq!(
-        text.trim_end().lines().count(),
-        1,
-        "one JSON object on one line: {text}"
-    );
+    assert_eq!(text.trim_end().lines().count(), 1, "one JSON object on one line: {text}");
     let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     check_shape(&v);
     v
@@ -40,14 +36,8 @@ fn info_json(env: &[(&str, &str)], deny: &[(i64, i32)]) -> Value {
 /// Every field `info --json` promises, with its type.
 fn check_shape(v: &Value) {
     assert!(v.is_object(), "{v}");
-    assert!(
-        v["kernel_release"].as_str().is_some_and(|s| !s.is_empty()),
-        "{v}"
-    );
-    assert!(
-        v["glibc_version"].is_string() || v["glibc_version"].is_null(),
-        "{v}"
-    );
+    assert!(v["kernel_release"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    assert!(v["glibc_version"].is_string() || v["glibc_version"].is_null(), "{v}");
     for k in ["rseq_feature_size", "rseq_align", "mm_cid", "node"] {
         assert!(v[k].is_u64() || v[k].is_null(), "{k} in {v}");
     }
@@ -56,37 +46,21 @@ fn check_shape(v: &Value) {
     }
     assert!(v["cpu"].as_u64() < v["possible_cpus"].as_u64(), "{v}");
     assert!(v["possible_cpus"].as_u64() >= Some(1), "{v}");
-    assert!(
-        v["mode"]["kind"]
-            .as_str()
-            .is_some_and(|k| k == "fast" || k == "degraded"),
-        "{v}"
-    );
+    assert!(v["mode"]["kind"].as_str().is_some_and(|k| k == "fast" || k == "degraded"), "{v}");
     let r = &v["registration"];
     match r["owner"].as_str() {
         Some("glibc") => assert!(r["offset"].is_i64() && r["size"].is_u64(), "{v}"),
-        Some("own") => assert!(
-            r["len"].as_u64() >= Some(32) && r["align"].as_u64() >= Some(32),
-            "{v}"
-        ),
+        Some("own") => assert!(r["len"].as_u64() >= Some(32) && r["align"].as_u64() >= Some(32), "{v}"),
         Some("unavailable") => {
             assert!(r["errno"].is_i64() || r["errno"].is_null(), "{v}");
-            assert!(
-                r["errno_name"].is_string() || r["errno_name"].is_null(),
-                "{v}"
-            );
+            assert!(r["errno_name"].is_string() || r["errno_name"].is_null(), "{v}");
             assert!(r["reason"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
         }
         other => panic!("owner {other:?} in {v}"),
     }
     let m = &v["membarrier"];
     assert!(m["bits"].is_u64(), "{v}");
-    assert!(
-        m["commands"]
-            .as_array()
-            .is_some_and(|c| c.iter().all(Value::is_string)),
-        "{v}"
-    );
+    assert!(m["commands"].as_array().is_some_and(|c| c.iter().all(Value::is_string)), "{v}");
     assert!(m["rseq_fence"].is_boolean(), "{v}");
 }
 
@@ -132,10 +106,7 @@ fn info_json_rseq_denied_eperm() {
 
 #[test]
 fn info_json_rseq_denied_with_glibc_off_too() {
-    let v = info_json(
-        &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
-        &[(testkit::SYS_RSEQ, libc::ENOSYS)],
-    );
+    let v = info_json(&[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")], &[(testkit::SYS_RSEQ, libc::ENOSYS)]);
     assert_eq!(v["registration"]["owner"], "unavailable", "{v}");
     assert_eq!(v["registration"]["errno_name"], "ENOSYS", "{v}");
 }
@@ -178,19 +149,9 @@ fn tour_runs_with_no_subcommand() {
 
 #[test]
 fn bad_arguments_exit_2_without_panicking() {
-    for args in [
-        &["info", "--bogus"][..],
-        &["no-such-command"],
-        &["info", "extra"],
-        &["--json"],
-    ] {
+    for args in [&["info", "--bogus"][..], &["no-such-command"], &["info", "extra"], &["--json"]] {
         let out = restartable(args, &[], &[]);
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            testkit::describe(&out)
-        );
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", testkit::describe(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("Usage"), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
@@ -201,11 +162,6 @@ fn bad_arguments_exit_2_without_panicking() {
 fn help_and_version_exit_0() {
     for args in [&["--help"][..], &["info", "--help"], &["--version"]] {
         let out = restartable(args, &[], &[]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            testkit::describe(&out)
-        );
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", testkit::describe(&out));
     }
 }

@@ -21,30 +21,34 @@ fn counters(c: &mut Criterion) {
     let shared = AtomicUsize::new(0);
     let mut g = c.benchmark_group("add-1-thread");
     g.bench_function("rseq load_add_store<Cpu>", |b| {
-        b.iter(|| loop {
-            let cpu = restartable::current_cpu();
-            // SAFETY: slot `cpu` is only written by ops indexed by `cpu`.
-            match unsafe { ops::load_add_store::<Cpu>(&slots[cpu].0, black_box(1), cpu) } {
-                Outcome::Committed => break,
-                Outcome::Aborted => continue,
-                _ => {
-                    slots[cpu].0.fetch_add(1, Ordering::Relaxed);
-                    break;
+        b.iter(|| {
+            loop {
+                let cpu = restartable::current_cpu();
+                // SAFETY: slot `cpu` is only written by ops indexed by `cpu`.
+                match unsafe { ops::load_add_store::<Cpu>(&slots[cpu].0, black_box(1), cpu) } {
+                    Outcome::Committed => break,
+                    Outcome::Aborted => continue,
+                    _ => {
+                        slots[cpu].0.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
                 }
             }
         })
     });
     if restartable::current_mm_cid().is_some() {
         g.bench_function("rseq load_add_store<MmCid>", |b| {
-            b.iter(|| loop {
-                let cid = restartable::current_mm_cid().unwrap_or(0);
-                // SAFETY: slot `cid` is only written by ops indexed by `cid`.
-                match unsafe { ops::load_add_store::<MmCid>(&slots[cid].0, black_box(1), cid) } {
-                    Outcome::Committed => break,
-                    Outcome::Aborted => continue,
-                    _ => {
-                        slots[cid].0.fetch_add(1, Ordering::Relaxed);
-                        break;
+            b.iter(|| {
+                loop {
+                    let cid = restartable::current_mm_cid().unwrap_or(0);
+                    // SAFETY: slot `cid` is only written by ops indexed by `cid`.
+                    match unsafe { ops::load_add_store::<MmCid>(&slots[cid].0, black_box(1), cid) } {
+                        Outcome::Committed => break,
+                        Outcome::Aborted => continue,
+                        _ => {
+                            slots[cid].0.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
                     }
                 }
             })

@@ -163,8 +163,7 @@ fn token() -> u32 {
 fn acquire(w: &AtomicU32) {
     let me = token();
     for _ in 0..SPINS {
-        if w.load(Ordering::Relaxed) == 0
-            && w.compare_exchange_weak(0, me, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+        if w.load(Ordering::Relaxed) == 0 && w.compare_exchange_weak(0, me, Ordering::SeqCst, Ordering::Relaxed).is_ok()
         {
             return;
         }

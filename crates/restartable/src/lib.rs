@@ -12,14 +12,14 @@
 #![warn(missing_docs)]
 
 pub mod abi;
-pub mod collections;
 mod arch;
+pub mod collections;
 mod cpu;
 pub mod guard;
 pub mod ops;
 pub mod opv;
-pub mod retry;
 mod percpu;
+pub mod retry;
 mod status;
 pub mod sys;
 mod thread;

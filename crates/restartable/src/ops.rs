@@ -189,12 +189,15 @@ pub unsafe fn load_add_store<I: Index>(v: *const AtomicUsize, count: usize, inde
 /// writable (it is written before the commit, also when the section then aborts).
 #[inline(always)]
 pub unsafe fn load_cbeq_store_add_load_store<I: Index>(
-    v: *const AtomicUsize, expectnot: usize, off: usize, out: *mut usize, index: usize,
+    v: *const AtomicUsize,
+    expectnot: usize,
+    off: usize,
+    out: *mut usize,
+    index: usize,
 ) -> Outcome {
     let (area, g, i) = enter_or_stop!(index);
     // SAFETY: the caller's contract; `area` and `g` come from `enter`.
-    unsafe { arch::load_cbeq_store_add_load_store(I::MM_CID, area, g, i, (*v).as_ptr(), expectnot, off, out) }
-        .into()
+    unsafe { arch::load_cbeq_store_add_load_store(I::MM_CID, area, g, i, (*v).as_ptr(), expectnot, off, out) }.into()
 }
 
 /// `r = *(*p + off); *r += count` — a counter reached through a pointer (for example a per-CPU
@@ -205,7 +208,10 @@ pub unsafe fn load_cbeq_store_add_load_store<I: Index>(
 /// `AtomicUsize` that belongs to `index`.
 #[inline(always)]
 pub unsafe fn load_add_load_load_add_store<I: Index>(
-    p: *const AtomicUsize, off: usize, count: usize, index: usize,
+    p: *const AtomicUsize,
+    off: usize,
+    count: usize,
+    index: usize,
 ) -> Outcome {
     let (area, g, i) = enter_or_stop!(index);
     // SAFETY: the caller's contract; `area` and `g` come from `enter`.
@@ -219,7 +225,12 @@ pub unsafe fn load_add_load_load_add_store<I: Index>(
 /// The [common contract](self#common-safety-contract).
 #[inline(always)]
 pub unsafe fn load_cbne_load_cbne_store<I: Index>(
-    v: *const AtomicUsize, expect: usize, v2: *const AtomicUsize, expect2: usize, new: usize, index: usize,
+    v: *const AtomicUsize,
+    expect: usize,
+    v2: *const AtomicUsize,
+    expect2: usize,
+    new: usize,
+    index: usize,
 ) -> Outcome {
     let (area, g, i) = enter_or_stop!(index);
     // SAFETY: the caller's contract; `area` and `g` come from `enter`.
@@ -236,14 +247,17 @@ pub unsafe fn load_cbne_load_cbne_store<I: Index>(
 /// The [common contract](self#common-safety-contract).
 #[inline(always)]
 pub unsafe fn load_cbne_store_store<I: Index, O: Order>(
-    v: *const AtomicUsize, expect: usize, v2: *const AtomicUsize, new2: usize, new: usize, index: usize,
+    v: *const AtomicUsize,
+    expect: usize,
+    v2: *const AtomicUsize,
+    new2: usize,
+    new: usize,
+    index: usize,
 ) -> Outcome {
     let (area, g, i) = enter_or_stop!(index);
     // SAFETY: the caller's contract; `area` and `g` come from `enter`.
     unsafe {
-        arch::load_cbne_store_store(
-            I::MM_CID, O::RELEASE, area, g, i, (*v).as_ptr(), expect, (*v2).as_ptr(), new2, new,
-        )
+        arch::load_cbne_store_store(I::MM_CID, O::RELEASE, area, g, i, (*v).as_ptr(), expect, (*v2).as_ptr(), new2, new)
     }
     .into()
 }
@@ -256,14 +270,29 @@ pub unsafe fn load_cbne_store_store<I: Index, O: Order>(
 /// is not written concurrently.
 #[inline(always)]
 pub unsafe fn load_cbne_memcpy_store<I: Index, O: Order>(
-    v: *const AtomicUsize, expect: usize, dst: *const AtomicU8, src: *const u8, len: usize, new: usize,
+    v: *const AtomicUsize,
+    expect: usize,
+    dst: *const AtomicU8,
+    src: *const u8,
+    len: usize,
+    new: usize,
     index: usize,
 ) -> Outcome {
     let (area, g, i) = enter_or_stop!(index);
     // SAFETY: the caller's contract; `area` and `g` come from `enter`.
     unsafe {
         arch::load_cbne_memcpy_store(
-            I::MM_CID, O::RELEASE, area, g, i, (*v).as_ptr(), expect, (*dst).as_ptr(), src, len, new,
+            I::MM_CID,
+            O::RELEASE,
+            area,
+            g,
+            i,
+            (*v).as_ptr(),
+            expect,
+            (*dst).as_ptr(),
+            src,
+            len,
+            new,
         )
     }
     .into()

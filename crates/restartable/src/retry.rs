@@ -77,10 +77,7 @@ pub enum Path<T> {
 /// filter installed later forbids it), the slow path cannot be entered safely: the driver then
 /// yields and goes back to the fast path, which completes unless it is aborted forever.
 #[inline]
-pub fn run<I: Index, T>(
-    mut fast: impl FnMut(usize) -> Outcome,
-    slow: impl FnOnce(&CpuStop) -> T,
-) -> Path<T> {
+pub fn run<I: Index, T>(mut fast: impl FnMut(usize) -> Outcome, slow: impl FnOnce(&CpuStop) -> T) -> Path<T> {
     let mut slow = Some(slow);
     loop {
         let mut aborts = 0u32;

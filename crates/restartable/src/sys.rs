@@ -28,8 +28,7 @@ pub fn membarrier_query() -> u32 {
 /// `membarrier(REGISTER_PRIVATE_EXPEDITED_RSEQ)`: must succeed once per process before the
 /// first rseq fence.
 pub fn membarrier_register_rseq() -> io::Result<()> {
-    rustix::thread::membarrier(rustix::thread::MembarrierCommand::RegisterPrivateExpeditedRseq)
-        .map_err(io::Error::from)
+    rustix::thread::membarrier(rustix::thread::MembarrierCommand::RegisterPrivateExpeditedRseq).map_err(io::Error::from)
 }
 
 /// `membarrier(PRIVATE_EXPEDITED_RSEQ, FLAG_CPU, cpu)`: restart any rseq critical section of
@@ -39,14 +38,12 @@ pub fn membarrier_rseq_cpu(cpu: usize) -> io::Result<()> {
     // SAFETY: `Cpuid::from_raw` only asks for a CPU number; an invalid one makes the kernel
     // return EINVAL, which we pass on.
     let id = unsafe { rustix::thread::Cpuid::from_raw(cpu) };
-    rustix::thread::membarrier_cpu(rustix::thread::MembarrierCommand::PrivateExpeditedRseq, id)
-        .map_err(io::Error::from)
+    rustix::thread::membarrier_cpu(rustix::thread::MembarrierCommand::PrivateExpeditedRseq, id).map_err(io::Error::from)
 }
 
 /// `membarrier(PRIVATE_EXPEDITED_RSEQ)` on every CPU running a thread of this process.
 pub fn membarrier_rseq_all() -> io::Result<()> {
-    rustix::thread::membarrier(rustix::thread::MembarrierCommand::PrivateExpeditedRseq)
-        .map_err(io::Error::from)
+    rustix::thread::membarrier(rustix::thread::MembarrierCommand::PrivateExpeditedRseq).map_err(io::Error::from)
 }
 
 /// Names of the commands in a `membarrier_query` bit set.
@@ -150,9 +147,13 @@ pub fn dlsym(name: &std::ffi::CStr) -> Option<*mut libc::c_void> {
 pub fn explain_rseq_errno(errno: i32) -> &'static str {
     match errno {
         libc::ENOSYS => "the kernel has no rseq system call (older than 4.18, or filtered by seccomp)",
-        libc::EPERM => "rseq is forbidden here (a seccomp filter or sandbox), or the signature differs from an earlier registration",
+        libc::EPERM => {
+            "rseq is forbidden here (a seccomp filter or sandbox), or the signature differs from an earlier registration"
+        }
         libc::EINVAL => "the kernel rejected the area (length, alignment or flags it does not accept)",
-        libc::EBUSY => "another rseq area is already registered for this thread by code we cannot see (a static glibc, another library)",
+        libc::EBUSY => {
+            "another rseq area is already registered for this thread by code we cannot see (a static glibc, another library)"
+        }
         libc::EFAULT => "the kernel could not access the area",
         _ => "rseq registration failed",
     }

@@ -100,11 +100,7 @@ pub(crate) struct Process {
 
 pub(crate) fn process() -> &'static Process {
     static P: OnceLock<Process> = OnceLock::new();
-    P.get_or_init(|| Process {
-        glibc: glibc_rseq(),
-        feature_size: sys::rseq_feature_size(),
-        align: sys::rseq_align(),
-    })
+    P.get_or_init(|| Process { glibc: glibc_rseq(), feature_size: sys::rseq_feature_size(), align: sys::rseq_align() })
 }
 
 fn glibc_rseq() -> Option<(isize, u32)> {
@@ -148,8 +144,7 @@ impl Drop for OwnArea {
         REGISTERED.with(|a| a.set(ptr::null_mut()));
         STATE.with(|s| s.set(State::Exited));
         // SAFETY: `ptr`/`len` are what this thread registered, with the same signature.
-        let unregistered =
-            unsafe { sys::rseq(self.ptr, self.len, abi::RSEQ_FLAG_UNREGISTER, abi::RSEQ_SIG) };
+        let unregistered = unsafe { sys::rseq(self.ptr, self.len, abi::RSEQ_FLAG_UNREGISTER, abi::RSEQ_SIG) };
         if unregistered.is_ok() {
             // SAFETY: allocated with this layout in `register_own`; the kernel no longer
             // writes to it after a successful unregistration.
@@ -278,10 +273,9 @@ fn init_thread() -> State {
         // every thread's thread pointer; we only read its `cpu_id` atomically.
         let cpu = unsafe { read_u32(area, abi::OFFSET_CPU_ID) };
         return match cpu {
-            abi::CPU_ID_REGISTRATION_FAILED => State::Unavailable(
-                None,
-                "glibc's rseq registration failed for this thread (cpu_id is -2)",
-            ),
+            abi::CPU_ID_REGISTRATION_FAILED => {
+                State::Unavailable(None, "glibc's rseq registration failed for this thread (cpu_id is -2)")
+            }
             abi::CPU_ID_UNINITIALIZED => State::Unavailable(
                 None,
                 "glibc did not register rseq for this thread (cpu_id is -1: not a glibc thread?)",
@@ -371,13 +365,9 @@ pub fn registration() -> Registration {
             }
         },
         State::Unavailable(errno, reason) => Registration::Unavailable(Unavailable { errno, reason }),
-        State::Exited => Registration::Unavailable(Unavailable {
-            errno: None,
-            reason: "the thread is exiting",
-        }),
-        State::Unknown => Registration::Unavailable(Unavailable {
-            errno: None,
-            reason: "registration has not been attempted",
-        }),
+        State::Exited => Registration::Unavailable(Unavailable { errno: None, reason: "the thread is exiting" }),
+        State::Unknown => {
+            Registration::Unavailable(Unavailable { errno: None, reason: "registration has not been attempted" })
+        }
     }
 }

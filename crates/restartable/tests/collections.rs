@@ -42,10 +42,12 @@ fn contend(work: impl Fn(u64) + Sync, remote: impl Fn(&mut u64) + Send) {
         while remote_runs.load(Relaxed) == 0 {
             std::thread::yield_now();
         }
-        let workers: Vec<_> = (0..threads() as u64).map(|t| {
-            let work = &work;
-            s.spawn(move || work(t))
-        }).collect();
+        let workers: Vec<_> = (0..threads() as u64)
+            .map(|t| {
+                let work = &work;
+                s.spawn(move || work(t))
+            })
+            .collect();
         workers.into_iter().for_each(|w| w.join().unwrap());
         let overlapped = remote_runs.load(Relaxed);
         done.store(true, Relaxed);
@@ -126,7 +128,11 @@ fn check_multiset(parts: &[&Vec<u64>], n: u64, what: &str) {
         }
     }
     assert_eq!(seen.len() as u64, n, "{what}: {} items lost", n - seen.len() as u64);
-    eprintln!("{what}: {n} items conserved ({} parts: {:?})", parts.len(), parts.iter().map(|p| p.len()).collect::<Vec<_>>());
+    eprintln!(
+        "{what}: {n} items conserved ({} parts: {:?})",
+        parts.len(),
+        parts.iter().map(|p| p.len()).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -45,7 +45,12 @@ fn run<I: Index>() -> (usize, u64) {
     });
     let total: usize = slots.iter().map(|s| s.0.load(Relaxed)).sum();
     assert_eq!(total, threads * REPS, "lost or doubled updates");
-    eprintln!("{}: {threads} threads x {REPS}: exact; {} aborts, {} slow", I::NAME, aborts.load(Relaxed), slow.load(Relaxed));
+    eprintln!(
+        "{}: {threads} threads x {REPS}: exact; {} aborts, {} slow",
+        I::NAME,
+        aborts.load(Relaxed),
+        slow.load(Relaxed)
+    );
     (total, aborts.load(Relaxed))
 }
 

@@ -218,7 +218,9 @@ fn store_store<I: Index, O: Order>() {
     assert_eq!(o, Some(Outcome::Committed));
     let c = count.iter().position(|s| s.load(Relaxed) == 1).expect("committed count");
     assert_eq!(item[c].load(Relaxed), 42);
-    stopped::<I>(|i| unsafe { ops::load_cbne_store_store::<I, O>(&count[i], count[i].load(Relaxed), &item[i], 7, 77, i) });
+    stopped::<I>(|i| unsafe {
+        ops::load_cbne_store_store::<I, O>(&count[i], count[i].load(Relaxed), &item[i], 7, 77, i)
+    });
     assert!(count.iter().all(|s| s.load(Relaxed) != 77));
 }
 for_modes!(load_cbne_store_store, store_store, ordered);
@@ -226,7 +228,8 @@ for_modes!(load_cbne_store_store, store_store, ordered);
 fn memcpy_store<I: Index, O: Order>() {
     const LEN: usize = 300;
     let count = slots();
-    let bufs: Vec<Vec<AtomicU8>> = (0..count.len()).map(|_| (0..LEN + 1).map(|_| AtomicU8::new(0xee)).collect()).collect();
+    let bufs: Vec<Vec<AtomicU8>> =
+        (0..count.len()).map(|_| (0..LEN + 1).map(|_| AtomicU8::new(0xee)).collect()).collect();
     let src: Vec<u8> = (0..LEN as u32).map(|x| (x * 7 + 3) as u8).collect();
     let o = drive::<I>(|i| unsafe {
         ops::load_cbne_memcpy_store::<I, O>(&count[i], 5, bufs[i].as_ptr(), src.as_ptr(), LEN, 1, i)
@@ -238,7 +241,15 @@ fn memcpy_store<I: Index, O: Order>() {
     assert!(bufs.iter().flatten().all(|b| b.load(Relaxed) == 0xee));
     for len in [0, 1, 8, LEN] {
         let o = drive::<I>(|i| unsafe {
-            ops::load_cbne_memcpy_store::<I, O>(&count[i], count[i].load(Relaxed), bufs[i].as_ptr(), src.as_ptr(), len, len + 1000, i)
+            ops::load_cbne_memcpy_store::<I, O>(
+                &count[i],
+                count[i].load(Relaxed),
+                bufs[i].as_ptr(),
+                src.as_ptr(),
+                len,
+                len + 1000,
+                i,
+            )
         });
         assert_eq!(o, Some(Outcome::Committed));
         let c = count.iter().position(|s| s.load(Relaxed) == len + 1000).expect("committed");

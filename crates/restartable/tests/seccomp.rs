@@ -32,9 +32,7 @@ fn glibc_area_cpu_id(offset: isize) -> u32 {
     let tp: *const u8;
     // SAFETY: on x86_64 Linux the word at fs:0 is the thread pointer (the TCB points to itself);
     // reading it has no side effects.
-    unsafe {
-        core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags))
-    };
+    unsafe { core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags)) };
     let cpu_id = tp.wrapping_offset(offset + restartable::abi::OFFSET_CPU_ID as isize);
     // SAFETY: glibc places every thread's rseq area (registered or not) at `__rseq_offset` from
     // its thread pointer, 32-byte aligned, for the thread's whole life; the kernel may write
@@ -45,13 +43,9 @@ fn glibc_area_cpu_id(offset: isize) -> u32 {
 /// Everything a child without rseq checks, on the calling thread. Returns a line for the parent.
 fn check_no_rseq(errno: i32) -> String {
     // 1. glibc gave up: `__rseq_size` is 0 and its area says "registration failed".
-    let (size, offset) =
-        glibc_rseq_symbols().expect("glibc 2.35+ exports __rseq_size/__rseq_offset");
+    let (size, offset) = glibc_rseq_symbols().expect("glibc 2.35+ exports __rseq_size/__rseq_offset");
     assert_eq!(size, 0, "glibc's __rseq_size after a refused registration");
-    assert_eq!(
-        glibc_area_cpu_id(offset),
-        restartable::abi::CPU_ID_REGISTRATION_FAILED
-    );
+    assert_eq!(glibc_area_cpu_id(offset), restartable::abi::CPU_ID_REGISTRATION_FAILED);
 
     // 2-3. our own registration was refused with the filter's errno.
     let s = restartable::status();
@@ -94,9 +88,7 @@ fn child_no_rseq(errno: i32) {
         return;
     }
     let here = check_no_rseq(errno);
-    let there = std::thread::spawn(move || check_no_rseq(errno))
-        .join()
-        .expect("second thread");
+    let there = std::thread::spawn(move || check_no_rseq(errno)).join().expect("second thread");
     println!("CHILD-OK {here} / thread {there}");
 }
 
@@ -118,20 +110,9 @@ fn parent(child: &str, errno: i32) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", testkit::describe(&out));
     let marker = format!("CHILD-OK errno={}", restartable::sys::errno_name(errno));
-    assert!(
-        stdout.contains(&marker),
-        "no {marker:?}: {}",
-        testkit::describe(&out)
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the child ran no test: {}",
-        testkit::describe(&out)
-    );
-    stdout
-        .lines()
-        .filter(|l| l.contains("CHILD-OK"))
-        .for_each(|l| println!("child: {l}"));
+    assert!(stdout.contains(&marker), "no {marker:?}: {}", testkit::describe(&out));
+    assert!(stdout.contains("1 passed"), "the child ran no test: {}", testkit::describe(&out));
+    stdout.lines().filter(|l| l.contains("CHILD-OK")).for_each(|l| println!("child: {l}"));
 }
 
 #[test]
@@ -152,15 +133,9 @@ fn child_glibc_rseq_off() {
         return;
     }
     let (size, _) = glibc_rseq_symbols().expect("glibc 2.35+");
-    assert_eq!(
-        size, 0,
-        "GLIBC_TUNABLES=glibc.pthread.rseq=0 leaves __rseq_size at 0"
-    );
+    assert_eq!(size, 0, "GLIBC_TUNABLES=glibc.pthread.rseq=0 leaves __rseq_size at 0");
     let s = restartable::status();
-    assert!(
-        matches!(s.registration, Registration::Own { len, .. } if len >= 32),
-        "{s}"
-    );
+    assert!(matches!(s.registration, Registration::Own { len, .. } if len >= 32), "{s}");
     let v = AtomicUsize::new(0);
     let mut committed = 0;
     for _ in 0..1000 {
@@ -178,10 +153,7 @@ fn child_glibc_rseq_off() {
     if restartable::mode().is_fast() {
         assert!(committed > 0);
     }
-    println!(
-        "CHILD-OK own registration, {committed} commits, mode {}",
-        restartable::mode()
-    );
+    println!("CHILD-OK own registration, {committed} commits, mode {}", restartable::mode());
 }
 
 #[test]
@@ -189,25 +161,10 @@ fn glibc_rseq_off_uses_own_registration() {
     if testkit::is_child() {
         return;
     }
-    let out = testkit::run_self_as_child(
-        "child_glibc_rseq_off",
-        &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
-        &[],
-    );
+    let out = testkit::run_self_as_child("child_glibc_rseq_off", &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")], &[]);
     assert!(out.status.success(), "{}", testkit::describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("CHILD-OK own registration"),
-        "{}",
-        testkit::describe(&out)
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the child ran no test: {}",
-        testkit::describe(&out)
-    );
-    stdout
-        .lines()
-        .filter(|l| l.contains("CHILD-OK"))
-        .for_each(|l| println!("child: {l}"));
+    assert!(stdout.contains("CHILD-OK own registration"), "{}", testkit::describe(&out));
+    assert!(stdout.contains("1 passed"), "the child ran no test: {}", testkit::describe(&out));
+    stdout.lines().filter(|l| l.contains("CHILD-OK")).for_each(|l| println!("child: {l}"));
 }

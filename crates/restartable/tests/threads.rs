@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use restartable::ops::{self, Cpu, Outcome};
 use restartable::Registration;
+use restartable::ops::{self, Cpu, Outcome};
 
 fn rss_kib() -> usize {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap();
@@ -24,16 +24,18 @@ fn check_churn() {
             let handles: Vec<_> = (0..10)
                 .map(|_| {
                     let words = Arc::clone(&words);
-                    std::thread::spawn(move || loop {
-                        let cpu = restartable::current_cpu();
-                        // SAFETY: word `cpu` is only written by ops indexed by `cpu` or under its guard.
-                        match unsafe { ops::load_add_store::<Cpu>(&words[cpu], 1, cpu) } {
-                            Outcome::Committed => break,
-                            Outcome::Aborted => continue,
-                            _ => {
-                                let _g = restartable::guard::stop::<Cpu>(cpu).unwrap();
-                                words[cpu].store(words[cpu].load(Relaxed) + 1, Relaxed);
-                                break;
+                    std::thread::spawn(move || {
+                        loop {
+                            let cpu = restartable::current_cpu();
+                            // SAFETY: word `cpu` is only written by ops indexed by `cpu` or under its guard.
+                            match unsafe { ops::load_add_store::<Cpu>(&words[cpu], 1, cpu) } {
+                                Outcome::Committed => break,
+                                Outcome::Aborted => continue,
+                                _ => {
+                                    let _g = restartable::guard::stop::<Cpu>(cpu).unwrap();
+                                    words[cpu].store(words[cpu].load(Relaxed) + 1, Relaxed);
+                                    break;
+                                }
                             }
                         }
                     })

@@ -60,21 +60,11 @@ const OFFSET_NR: u32 = std::mem::offset_of!(libc::seccomp_data, nr) as u32;
 const OFFSET_ARCH: u32 = std::mem::offset_of!(libc::seccomp_data, arch) as u32;
 
 const fn stmt(code: u32, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    }
+    libc::sock_filter { code: code as u16, jt: 0, jf: 0, k }
 }
 
 const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    }
+    libc::sock_filter { code: code as u16, jt, jf, k }
 }
 
 /// Why a rule set cannot be turned into a filter.
@@ -124,28 +114,15 @@ pub fn build_filter(rules: &[(i64, i32)]) -> Result<Vec<libc::sock_filter>, Filt
         return Err(FilterError::TooManyRules(rules.len()));
     }
     let mut prog = Vec::with_capacity(4 + 2 * rules.len());
-    prog.push(stmt(
-        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
-        OFFSET_ARCH,
-    ));
+    prog.push(stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_ARCH));
     // Native architecture: fall through to the rules; otherwise jump to the final ALLOW.
     let to_allow = u8::try_from(1 + 2 * rules.len()).unwrap_or(u8::MAX);
     if to_allow == u8::MAX {
         // A far jump needs `ja`; with so many rules use it (1 extra instruction).
-        prog.push(jump(
-            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-            AUDIT_ARCH,
-            1,
-            0,
-        ));
+        prog.push(jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, AUDIT_ARCH, 1, 0));
         prog.push(stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW));
     } else {
-        prog.push(jump(
-            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-            AUDIT_ARCH,
-            0,
-            to_allow,
-        ));
+        prog.push(jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, AUDIT_ARCH, 0, to_allow));
     }
     prog.push(stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFFSET_NR));
     for &(nr, errno) in rules {
@@ -155,10 +132,7 @@ pub fn build_filter(rules: &[(i64, i32)]) -> Result<Vec<libc::sock_filter>, Filt
         }
         // Equal: go on to the next instruction (return the errno); else skip it.
         prog.push(jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, nr, 0, 1));
-        prog.push(stmt(
-            libc::BPF_RET | libc::BPF_K,
-            libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA),
-        ));
+        prog.push(stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA)));
     }
     prog.push(stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW));
     Ok(prog)
@@ -228,17 +202,12 @@ pub fn run_self_as_child(test_name: &str, env: &[(&str, &str)], rules: &[(i64, i
     if !rules.is_empty() {
         deny_syscalls_command(&mut cmd, rules);
     }
-    cmd.output()
-        .unwrap_or_else(|e| failed(format!("spawning {test_name}: {e}")))
+    cmd.output().unwrap_or_else(|e| failed(format!("spawning {test_name}: {e}")))
 }
 
 fn failed(msg: String) -> Output {
     use std::os::unix::process::ExitStatusExt;
-    Output {
-        status: std::process::ExitStatus::from_raw(127 << 8),
-        stdout: Vec::new(),
-        stderr: msg.into_bytes(),
-    }
+    Output { status: std::process::ExitStatus::from_raw(127 << 8), stdout: Vec::new(), stderr: msg.into_bytes() }
 }
 
 /// A readable dump of a child's [`Output`] for assertion messages.
@@ -268,23 +237,11 @@ mod tests {
 
     #[test]
     fn bad_rules_are_errors() {
-        assert_eq!(
-            build_filter(&[(-1, 1)]).unwrap_err(),
-            FilterError::BadSyscall(-1)
-        );
-        assert_eq!(
-            build_filter(&[(1, 0)]).unwrap_err(),
-            FilterError::BadErrno(0)
-        );
-        assert_eq!(
-            build_filter(&[(1, 5000)]).unwrap_err(),
-            FilterError::BadErrno(5000)
-        );
+        assert_eq!(build_filter(&[(-1, 1)]).unwrap_err(), FilterError::BadSyscall(-1));
+        assert_eq!(build_filter(&[(1, 0)]).unwrap_err(), FilterError::BadErrno(0));
+        assert_eq!(build_filter(&[(1, 5000)]).unwrap_err(), FilterError::BadErrno(5000));
         let many = vec![(1, 1); 3000];
-        assert_eq!(
-            build_filter(&many).unwrap_err(),
-            FilterError::TooManyRules(3000)
-        );
+        assert_eq!(build_filter(&many).unwrap_err(), FilterError::TooManyRules(3000));
         // Many rules still build (far jump path).
         let lots = vec![(1, 1); 200];
         assert_eq!(build_filter(&lots).unwrap().len(), 5 + 2 * 200);
@@ -325,10 +282,6 @@ mod tests {
             &[(SYS_RSEQ, libc::ENOSYS)],
         );
         assert!(out.status.success(), "{}", describe(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("TESTKIT-CHILD-OK"),
-            "{}",
-            describe(&out)
-        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("TESTKIT-CHILD-OK"), "{}", describe(&out));
     }
 }

@@ -112,7 +112,13 @@ macro_rules! section {
 /// `if *v != expect { CompareFailed }; *v = new`
 #[inline(always)]
 pub(crate) unsafe fn load_cbne_store(
-    mmcid: bool, area: *mut Rseq, guard: *const AtomicU32, index: u32, v: *mut usize, expect: usize, new: usize,
+    mmcid: bool,
+    area: *mut Rseq,
+    guard: *const AtomicU32,
+    index: u32,
+    v: *mut usize,
+    expect: usize,
+    new: usize,
 ) -> Exit {
     // SAFETY: the function's contract above.
     unsafe {
@@ -132,7 +138,12 @@ pub(crate) unsafe fn load_cbne_store(
 /// `*v += count`
 #[inline(always)]
 pub(crate) unsafe fn load_add_store(
-    mmcid: bool, area: *mut Rseq, guard: *const AtomicU32, index: u32, v: *mut usize, count: usize,
+    mmcid: bool,
+    area: *mut Rseq,
+    guard: *const AtomicU32,
+    index: u32,
+    v: *mut usize,
+    count: usize,
 ) -> Exit {
     // SAFETY: the function's contract above.
     unsafe {
@@ -152,8 +163,14 @@ pub(crate) unsafe fn load_add_store(
 /// `r = *v; if r == expectnot { CompareFailed }; *out = r; *v = *(r + off)`
 #[inline(always)]
 pub(crate) unsafe fn load_cbeq_store_add_load_store(
-    mmcid: bool, area: *mut Rseq, guard: *const AtomicU32, index: u32, v: *mut usize, expectnot: usize,
-    off: usize, out: *mut usize,
+    mmcid: bool,
+    area: *mut Rseq,
+    guard: *const AtomicU32,
+    index: u32,
+    v: *mut usize,
+    expectnot: usize,
+    off: usize,
+    out: *mut usize,
 ) -> Exit {
     // SAFETY: the function's contract above.
     unsafe {
@@ -177,7 +194,13 @@ pub(crate) unsafe fn load_cbeq_store_add_load_store(
 /// `r = *(*p + off); *r += count`
 #[inline(always)]
 pub(crate) unsafe fn load_add_load_load_add_store(
-    mmcid: bool, area: *mut Rseq, guard: *const AtomicU32, index: u32, p: *mut usize, off: usize, count: usize,
+    mmcid: bool,
+    area: *mut Rseq,
+    guard: *const AtomicU32,
+    index: u32,
+    p: *mut usize,
+    off: usize,
+    count: usize,
 ) -> Exit {
     // SAFETY: the function's contract above.
     unsafe {
@@ -199,8 +222,15 @@ pub(crate) unsafe fn load_add_load_load_add_store(
 /// `if *v != expect || *v2 != expect2 { CompareFailed }; *v = new`
 #[inline(always)]
 pub(crate) unsafe fn load_cbne_load_cbne_store(
-    mmcid: bool, area: *mut Rseq, guard: *const AtomicU32, index: u32, v: *mut usize, expect: usize,
-    v2: *mut usize, expect2: usize, new: usize,
+    mmcid: bool,
+    area: *mut Rseq,
+    guard: *const AtomicU32,
+    index: u32,
+    v: *mut usize,
+    expect: usize,
+    v2: *mut usize,
+    expect2: usize,
+    new: usize,
 ) -> Exit {
     // SAFETY: the function's contract above.
     unsafe {
@@ -224,8 +254,16 @@ pub(crate) unsafe fn load_cbne_load_cbne_store(
 /// `RELEASE` it is a release store, which on x86_64 is the same `mov`).
 #[inline(always)]
 pub(crate) unsafe fn load_cbne_store_store(
-    mmcid: bool, _release: bool, area: *mut Rseq, guard: *const AtomicU32, index: u32, v: *mut usize, expect: usize,
-    v2: *mut usize, new2: usize, new: usize,
+    mmcid: bool,
+    _release: bool,
+    area: *mut Rseq,
+    guard: *const AtomicU32,
+    index: u32,
+    v: *mut usize,
+    expect: usize,
+    v2: *mut usize,
+    new2: usize,
+    new: usize,
 ) -> Exit {
     // SAFETY: the function's contract above.
     unsafe {
@@ -246,8 +284,17 @@ pub(crate) unsafe fn load_cbne_store_store(
 /// `if *v != expect { CompareFailed }; copy len bytes src -> dst; *v = new`
 #[inline(always)]
 pub(crate) unsafe fn load_cbne_memcpy_store(
-    mmcid: bool, _release: bool, area: *mut Rseq, guard: *const AtomicU32, index: u32, v: *mut usize, expect: usize,
-    dst: *mut u8, src: *const u8, len: usize, new: usize,
+    mmcid: bool,
+    _release: bool,
+    area: *mut Rseq,
+    guard: *const AtomicU32,
+    index: u32,
+    v: *mut usize,
+    expect: usize,
+    dst: *mut u8,
+    src: *const u8,
+    len: usize,
+    new: usize,
 ) -> Exit {
     // SAFETY: the function's contract above.
     unsafe {

@@ -36,7 +36,6 @@ impl Counter<Cpu> {
 }
 
 impl<I: Index> Counter<I> {
-
     /// Add `n` (wrapping at 2^64) on the current CPU.
     #[inline]
     pub fn add(&self, n: u64) {

@@ -147,7 +147,13 @@ impl<T: Copy, I: Index> MemcpyBuffer<T, I> {
                     }
                     // SAFETY: the guard excludes every other access to this ring; the item at
                     // `c - 1` was published by a push; `out` is a local of `sz` bytes.
-                    unsafe { core::ptr::copy_nonoverlapping(r.bytes[(c - 1) * sz..].as_ptr() as *const u8, dst.cast::<u8>(), sz) };
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            r.bytes[(c - 1) * sz..].as_ptr() as *const u8,
+                            dst.cast::<u8>(),
+                            sz,
+                        )
+                    };
                     r.count.store(c - 1, Relaxed);
                     true
                 },

@@ -81,9 +81,11 @@ impl<T, I: Index> SpinLock<T, I> {
                 },
                 |stop| {
                     got.set(stop.index());
-                    self.slots.get(got.get()).is_some_and(|s| s.locked.load(Ordering::Relaxed) == 0 && {
-                        s.locked.store(1, Ordering::Relaxed);
-                        true
+                    self.slots.get(got.get()).is_some_and(|s| {
+                        s.locked.load(Ordering::Relaxed) == 0 && {
+                            s.locked.store(1, Ordering::Relaxed);
+                            true
+                        }
                     })
                 },
             );
@@ -124,7 +126,11 @@ impl<T, I: Index> SpinLock<T, I> {
     }
 
     fn guard(&self, cpu: usize) -> SpinLockGuard<'_, T, I> {
-        SpinLockGuard { slot: self.slots.get(cpu).expect("locked index is in range"), cpu, _index: core::marker::PhantomData }
+        SpinLockGuard {
+            slot: self.slots.get(cpu).expect("locked index is in range"),
+            cpu,
+            _index: core::marker::PhantomData,
+        }
     }
 
     /// Every CPU's `T`, mutably (no lock needed: `&mut self` excludes everyone).
