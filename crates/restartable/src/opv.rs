@@ -49,8 +49,8 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::sync::atomic::Ordering::{Relaxed, SeqCst};
 use core::sync::atomic::{
-    AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicIsize, AtomicU8, AtomicU16, AtomicU32, AtomicU64,
-    AtomicUsize, fence,
+    AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicIsize, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize,
+    fence,
 };
 use std::io;
 
@@ -189,6 +189,15 @@ pub enum OpvError {
     },
     /// The membarrier rseq fence failed, so the CPU could not be stopped; nothing ran.
     Fence(io::Error),
+    /// A typed copy ([`OpVec::copy_bytes`]) between slices of different lengths.
+    LengthMismatch {
+        /// The operation.
+        index: usize,
+        /// The destination's length.
+        dst: usize,
+        /// The source's length.
+        src: usize,
+    },
     /// Compare `index` failed: the operations before it were applied, none after it ran.
     CompareFailed {
         /// The failed compare.
@@ -207,6 +216,7 @@ impl OpvError {
             | OpvError::NullAddress { index, .. }
             | OpvError::AddressOverflow { index, .. }
             | OpvError::ShiftTooLarge { index, .. }
+            | OpvError::LengthMismatch { index, .. }
             | OpvError::CompareFailed { index } => Some(index),
             OpvError::TooManyOps { .. } | OpvError::CpuOutOfRange { .. } | OpvError::Fence(_) => None,
         }
@@ -231,22 +241,19 @@ impl fmt::Display for OpvError {
             OpvError::Misaligned { index, operand, addr, align } => {
                 write!(f, "op {index}: {operand} address {addr:#x} is not {align}-byte aligned")
             }
-            OpvError::Overlap { index, dst, src, len } => write!(
-                f,
-                "op {index}: memcpy of {len} bytes from {src:#x} to {dst:#x}: source and destination overlap"
-            ),
+            OpvError::Overlap { index, dst, src, len } => {
+                write!(f, "op {index}: memcpy of {len} bytes from {src:#x} to {dst:#x}: source and destination overlap")
+            }
             OpvError::TooLong { index, len, limit } if *limit == MAX_LEN => {
                 write!(f, "op {index}: length {len} is over the limit of {limit} bytes")
             }
-            OpvError::TooLong { index, len, limit } => write!(
-                f,
-                "op {index}: the vector's data adds up to {len} bytes, over the limit of {limit}"
-            ),
+            OpvError::TooLong { index, len, limit } => {
+                write!(f, "op {index}: the vector's data adds up to {len} bytes, over the limit of {limit}")
+            }
             OpvError::NullAddress { index, operand } => write!(f, "op {index}: {operand} address is null"),
-            OpvError::AddressOverflow { index, operand, addr, len } => write!(
-                f,
-                "op {index}: {operand} range of {len} bytes at {addr:#x} wraps around the address space"
-            ),
+            OpvError::AddressOverflow { index, operand, addr, len } => {
+                write!(f, "op {index}: {operand} range of {len} bytes at {addr:#x} wraps around the address space")
+            }
             OpvError::ShiftTooLarge { index, count, size } => write!(
                 f,
                 "op {index}: shift count {count} is not below {} (the width of a {size}-byte value)",
@@ -256,6 +263,9 @@ impl fmt::Display for OpvError {
                 write!(f, "CPU index {cpu} is out of range (this machine has {limit} possible CPUs)")
             }
             OpvError::Fence(e) => write!(f, "membarrier rseq fence failed: {e}"),
+            OpvError::LengthMismatch { index, dst, src } => {
+                write!(f, "op {index}: copy of {src} bytes into a {dst}-byte destination")
+            }
             OpvError::CompareFailed { index } => write!(f, "op {index}: compare failed"),
         }
     }
@@ -324,11 +334,35 @@ enum Arith {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
-    Compare { a: *const u8, b: *const u8, len: usize, eq: bool },
-    Memcpy { dst: *mut u8, src: *const u8, len: usize },
-    Arith { kind: Arith, addr: *mut u8, value: u64, size: usize },
-    Shift { left: bool, addr: *mut u8, count: u32, size: usize },
+    Compare {
+        a: *const u8,
+        b: *const u8,
+        len: usize,
+        eq: bool,
+    },
+    Memcpy {
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+    },
+    Arith {
+        kind: Arith,
+        addr: *mut u8,
+        value: u64,
+        size: usize,
+    },
+    Shift {
+        left: bool,
+        addr: *mut u8,
+        count: u32,
+        size: usize,
+    },
     Mb,
+    /// A typed copy between slices of different lengths (always invalid).
+    Mismatch {
+        dst: usize,
+        src: usize,
+    },
 }
 
 /// A vector of up to [`MAX_OPS`] memory operations, run in order on one stopped CPU.
@@ -559,20 +593,13 @@ impl<'a> OpVec<'a> {
         self.rshift(word_ptr(target), count, W::SIZE)
     }
 
-    /// Copy `src` into `dst`, which must have the same length (otherwise the vector fails
-    /// validation with [`OpvError::TooLong`] naming the longer length, if over [`MAX_LEN`], or
-    /// [`OpvError::BadSize`] with `src.len()`).
+    /// Copy `src` into `dst` (at most [`MAX_LEN`] bytes), which must have the same length
+    /// (otherwise validation fails with [`OpvError::LengthMismatch`]).
     pub fn copy_bytes(&mut self, dst: &'a [AtomicU8], src: &'a [u8]) -> &mut Self {
         if dst.len() == src.len() {
             self.memcpy(dst.as_ptr().cast_mut().cast(), src.as_ptr(), src.len())
         } else {
-            // A size no arithmetic op accepts and no memcpy has: validation reports it.
-            self.push(Op::Arith {
-                kind: Arith::Or,
-                addr: dst.as_ptr().cast_mut().cast(),
-                value: 0,
-                size: src.len().max(dst.len()),
-            })
+            self.push(Op::Mismatch { dst: dst.len(), src: src.len() })
         }
     }
 
@@ -630,8 +657,9 @@ impl<'a> OpVec<'a> {
         let stop = guard::stop::<I>(index)?;
         // SAFETY: validated just above; the caller's contract covers the addresses; `stop`
         // holds the index's guard until it is dropped at the end of this function.
-        unsafe { execute(self.stored()) }
-        // `stop` drops here: the index runs its fast paths again.
+        let result = unsafe { execute(self.stored()) };
+        drop(stop); // the index runs its fast paths again
+        result
     }
 
     /// Run the vector while the caller holds `stop` (for example in the slow-path closure of
@@ -667,7 +695,7 @@ fn range(index: usize, operand: Operand, addr: usize, len: usize) -> Result<(), 
 
 #[inline]
 fn aligned(index: usize, operand: Operand, addr: usize, align: usize) -> Result<(), OpvError> {
-    if addr % align == 0 { Ok(()) } else { Err(OpvError::Misaligned { index, operand, addr, align }) }
+    if addr.is_multiple_of(align) { Ok(()) } else { Err(OpvError::Misaligned { index, operand, addr, align }) }
 }
 
 #[inline]
@@ -745,6 +773,7 @@ fn check(index: usize, op: &Op) -> Result<usize, OpvError> {
             Ok(size)
         }
         Op::Mb => Ok(0),
+        Op::Mismatch { dst, src } => Err(OpvError::LengthMismatch { index, dst, src }),
     }
 }
 
@@ -793,11 +822,11 @@ unsafe fn execute(ops: &[Op]) -> Result<(), OpvError> {
                 // readable and writable by the caller's contract. The value is zero-extended to
                 // u64, so a logical right shift of it is the narrow type's; a left shift's
                 // overflowing bits are cut off when the low `size` bytes are stored.
-                unsafe {
-                    update(addr, size, |x| if left { x.wrapping_shl(count) } else { x.wrapping_shr(count) })
-                }
+                unsafe { update(addr, size, |x| if left { x.wrapping_shl(count) } else { x.wrapping_shr(count) }) }
             }
             Op::Mb => fence(SeqCst),
+            // Rejected by validation; doing nothing is the safe answer.
+            Op::Mismatch { .. } => {}
         }
     }
     Ok(())
@@ -853,9 +882,8 @@ unsafe fn compare(a: *const u8, b: *const u8, len: usize) -> bool {
             2 => AtomicU16::from_ptr(a.cast()).load(Relaxed) == AtomicU16::from_ptr(b.cast()).load(Relaxed),
             4 => AtomicU32::from_ptr(a.cast()).load(Relaxed) == AtomicU32::from_ptr(b.cast()).load(Relaxed),
             8 => AtomicU64::from_ptr(a.cast()).load(Relaxed) == AtomicU64::from_ptr(b.cast()).load(Relaxed),
-            _ => (0..len).all(|i| {
-                AtomicU8::from_ptr(a.add(i)).load(Relaxed) == AtomicU8::from_ptr(b.add(i)).load(Relaxed)
-            }),
+            _ => (0..len)
+                .all(|i| AtomicU8::from_ptr(a.add(i)).load(Relaxed) == AtomicU8::from_ptr(b.add(i)).load(Relaxed)),
         }
     }
 }
