@@ -4,6 +4,7 @@
 //! `run(&Args) -> CmdResult`; adding one is a variant in [`Command`] and an arm in [`main`].
 //! With no subcommand the binary runs the [`tour`].
 
+mod bench;
 mod info;
 mod tour;
 
@@ -28,6 +29,8 @@ struct Cli {
 enum Command {
     /// Show what the library found: kernel, glibc, rseq registration, CPUs, membarrier.
     Info(info::Args),
+    /// Benchmark per-CPU counters side by side: Counter, raw rseq, atomics, thread-locals, a mutex.
+    Bench(bench::Args),
     // Later: `Stress(stress::Args)` and `Bench(bench::Args)`, each in its own module.
 }
 
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         None => tour::tour(),
         Some(Command::Info(args)) => info::run(args),
+        Some(Command::Bench(args)) => bench::run(args),
     };
     finish(result)
 }

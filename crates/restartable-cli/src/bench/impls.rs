@@ -1,0 +1,412 @@
+//! The implementations `restartable bench` compares, and the harness that times one of them.
+//!
+//! Every implementation counts with `threads` threads for about `duration` and returns a
+//! [`Sample`]; it checks that its own final count equals the operations the threads performed
+//! (the harness counts those separately), so a lost update is an error, not a fast number.
+
+use std::cell::Cell;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Barrier, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use restartable::Counter;
+use restartable::ops::{self, Cpu, Outcome};
+
+/// Operations a thread runs between two looks at the stop flag.
+const BATCH: u64 = 256;
+
+/// One implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Impl {
+    /// `restartable::Counter::add` (rseq fast path, guard slow path).
+    Counter,
+    /// The raw `ops::load_add_store::<Cpu>` on per-CPU cache-padded slots, with its retry loop.
+    RawRseq,
+    /// A plain increment of a `Cell<u64>` in a `thread_local!` (the floor).
+    Floor,
+    /// `AtomicU64::fetch_add` on one shared word (`lock xadd`).
+    SharedAtomic,
+    /// Per-CPU cache-padded `AtomicU64`s indexed by `sched_getcpu`, `fetch_add`.
+    PercpuAtomic,
+    /// A `thread_local!` `AtomicU64` (relaxed load + store), each thread's value summed after join.
+    ThreadLocal,
+    /// `Mutex<u64>`.
+    Mutex,
+    /// `Counter::add` in a child process forced into degraded mode.
+    CounterDegraded,
+}
+
+impl Impl {
+    /// Every implementation, in table order.
+    pub const ALL: [Impl; 8] = [
+        Impl::Counter,
+        Impl::RawRseq,
+        Impl::Floor,
+        Impl::SharedAtomic,
+        Impl::PercpuAtomic,
+        Impl::ThreadLocal,
+        Impl::Mutex,
+        Impl::CounterDegraded,
+    ];
+
+    /// The stable key used in JSON and by `--internal-only`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Impl::Counter => "counter",
+            Impl::RawRseq => "raw-rseq",
+            Impl::Floor => "floor",
+            Impl::SharedAtomic => "shared-atomic",
+            Impl::PercpuAtomic => "percpu-atomic",
+            Impl::ThreadLocal => "thread-local",
+            Impl::Mutex => "mutex",
+            Impl::CounterDegraded => "counter-degraded",
+        }
+    }
+
+    /// The row label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Impl::Counter => "Counter::add",
+            Impl::RawRseq => "raw load_add_store<Cpu>",
+            Impl::Floor => "thread-local Cell (floor)",
+            Impl::SharedAtomic => "shared AtomicU64::fetch_add",
+            Impl::PercpuAtomic => "per-CPU atomics (sched_getcpu)",
+            Impl::ThreadLocal => "thread_local! counter, summed",
+            Impl::Mutex => "Mutex<u64>",
+            Impl::CounterDegraded => "Counter::add (degraded mode)",
+        }
+    }
+
+    /// True when this implementation is measured in a child process.
+    pub fn in_child(self) -> bool {
+        self == Impl::CounterDegraded
+    }
+
+    /// Measure in this process. For [`Impl::CounterDegraded`] the process must be in degraded
+    /// mode (the child that `restartable bench` starts with `RESTARTABLE_FORCE_DEGRADED=1`).
+    pub fn measure(self, threads: usize, duration: Duration) -> Result<Sample, String> {
+        match self {
+            Impl::Counter => counter(threads, duration),
+            Impl::CounterDegraded => {
+                let mode = restartable::mode();
+                if mode.is_fast() {
+                    return Err(format!(
+                        "{} must run in degraded mode (RESTARTABLE_FORCE_DEGRADED=1), but this process is in mode: {mode}",
+                        self.key()
+                    ));
+                }
+                counter(threads, duration)
+            }
+            Impl::RawRseq => raw_rseq(threads, duration),
+            Impl::Floor => floor(threads, duration),
+            Impl::SharedAtomic => shared_atomic(threads, duration),
+            Impl::PercpuAtomic => percpu_atomic(threads, duration),
+            Impl::ThreadLocal => thread_local_counter(threads, duration),
+            Impl::Mutex => mutex(threads, duration),
+        }
+        .map_err(|e| format!("{}: {e}", self.name()))
+    }
+}
+
+/// One timed run: `threads` threads performed `ops` operations in `elapsed_ns`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Threads that ran the operation.
+    pub threads: usize,
+    /// Wall time from the common start to the last thread's end.
+    pub elapsed_ns: u64,
+    /// Operations performed, all threads together.
+    pub ops: u64,
+}
+
+impl Sample {
+    /// Nanoseconds per operation, per thread: `elapsed_ns * threads / ops`.
+    pub fn ns_per_op(&self) -> f64 {
+        self.elapsed_ns as f64 * self.threads as f64 / self.ops.max(1) as f64
+    }
+
+    /// Millions of operations per second, all threads together.
+    pub fn mops(&self) -> f64 {
+        self.ops as f64 * 1e3 / self.elapsed_ns.max(1) as f64
+    }
+}
+
+/// Run `body` on `threads` threads started together; stop them after `duration`. `body` gets
+/// the stop flag and returns how many operations it performed. Returns the wall time from the
+/// start to the last thread's end, and the total operations.
+pub fn run_threads(threads: usize, duration: Duration, body: impl Fn(&AtomicBool) -> u64 + Sync) -> Sample {
+    let stop = AtomicBool::new(false);
+    let start = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    body(&stop)
+                })
+            })
+            .collect();
+        start.wait();
+        let t0 = Instant::now();
+        std::thread::sleep(duration);
+        stop.store(true, Relaxed);
+        // A panicking body would be a bug in this module; count its thread as zero operations
+        // and let the count check report the difference.
+        let ops = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+        Sample { threads, elapsed_ns: u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX), ops }
+    })
+}
+
+/// Run `op` in batches until `stop` is set; at least one batch, so every thread counts.
+#[inline(always)]
+pub fn spin(stop: &AtomicBool, mut op: impl FnMut()) -> u64 {
+    let mut n = 0;
+    loop {
+        for _ in 0..BATCH {
+            op();
+        }
+        n += BATCH;
+        if stop.load(Relaxed) {
+            return n;
+        }
+    }
+}
+
+/// The count check every implementation ends with.
+fn check(what: &str, counted: u64, sample: Sample) -> Result<Sample, String> {
+    if counted == sample.ops {
+        Ok(sample)
+    } else {
+        Err(format!(
+            "count mismatch: {what} is {counted} but the threads performed {} operations (lost or extra updates)",
+            sample.ops
+        ))
+    }
+}
+
+/// A value alone on its cache line pair (128 bytes, as `crossbeam_utils::CachePadded` on x86_64).
+#[repr(align(128))]
+pub struct Padded<T>(pub T);
+
+fn counter(threads: usize, duration: Duration) -> Result<Sample, String> {
+    let c = Counter::new();
+    let s = run_threads(threads, duration, |stop| spin(stop, || c.add(black_box(1))));
+    check("Counter::sum()", c.sum(), s)
+}
+
+/// Add 1 to the current CPU's slot with the raw op: retry on `Aborted`; on `Stopped` (no rseq
+/// in this thread or process, or a CPU stopped by a slow path) fall back to `fetch_add`, which
+/// is correct here because nothing in this benchmark stops a CPU while it runs.
+#[inline(always)]
+fn raw_add(slots: &[Padded<AtomicUsize>]) {
+    loop {
+        let cpu = restartable::current_cpu();
+        let Some(slot) = slots.get(cpu) else {
+            slots[cpu % slots.len()].0.fetch_add(1, Relaxed);
+            return;
+        };
+        // SAFETY: slot `cpu` is written only by ops indexed by `cpu` (or by the atomic
+        // fallback, which runs only when no section can commit on it), and lives for the call.
+        match unsafe { ops::load_add_store::<Cpu>(&slot.0, black_box(1), cpu) } {
+            Outcome::Committed => return,
+            Outcome::Aborted => continue,
+            Outcome::Stopped | Outcome::CompareFailed => {
+                slot.0.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+fn raw_rseq(threads: usize, duration: Duration) -> Result<Sample, String> {
+    let slots: Vec<Padded<AtomicUsize>> =
+        (0..restartable::possible_cpus()).map(|_| Padded(AtomicUsize::new(0))).collect();
+    let s = run_threads(threads, duration, |stop| spin(stop, || raw_add(&slots)));
+    let sum = slots.iter().map(|p| p.0.load(Relaxed) as u64).sum();
+    check("the sum of the per-CPU slots", sum, s)
+}
+
+thread_local! {
+    static FLOOR: Cell<u64> = const { Cell::new(0) };
+    static LOCAL: AtomicU64 = const { AtomicU64::new(0) };
+}
+
+fn floor(threads: usize, duration: Duration) -> Result<Sample, String> {
+    let total = AtomicU64::new(0);
+    let s = run_threads(threads, duration, |stop| {
+        FLOOR.with(|c| c.set(0));
+        // `black_box(c)` makes the compiler load and store the cell on every operation, as a
+        // real counter in memory would, instead of counting in a register.
+        let n = spin(stop, || {
+            FLOOR.with(|c| {
+                let c = black_box(c);
+                c.set(c.get().wrapping_add(1));
+            })
+        });
+        total.fetch_add(FLOOR.with(Cell::get), Relaxed);
+        n
+    });
+    check("the sum of the thread-local cells", total.load(Relaxed), s)
+}
+
+fn shared_atomic(threads: usize, duration: Duration) -> Result<Sample, String> {
+    let word = AtomicU64::new(0);
+    let s = run_threads(threads, duration, |stop| {
+        spin(stop, || {
+            word.fetch_add(black_box(1), Relaxed);
+        })
+    });
+    check("the shared AtomicU64", word.load(Relaxed), s)
+}
+
+fn percpu_atomic(threads: usize, duration: Duration) -> Result<Sample, String> {
+    let slots: Vec<Padded<AtomicU64>> = (0..restartable::possible_cpus()).map(|_| Padded(AtomicU64::new(0))).collect();
+    let s = run_threads(threads, duration, |stop| {
+        spin(stop, || {
+            let cpu = restartable::sys::sched_getcpu();
+            slots[cpu % slots.len()].0.fetch_add(black_box(1), Relaxed);
+        })
+    });
+    let sum = slots.iter().map(|p| p.0.load(Relaxed)).sum();
+    check("the sum of the per-CPU atomics", sum, s)
+}
+
+fn thread_local_counter(threads: usize, duration: Duration) -> Result<Sample, String> {
+    let total = AtomicU64::new(0);
+    let s = run_threads(threads, duration, |stop| {
+        LOCAL.with(|c| c.store(0, Relaxed));
+        // Only the owner writes its counter: a relaxed load and store (no `lock` prefix), and
+        // another thread could read it at any time.
+        let n = spin(stop, || {
+            LOCAL.with(|c| c.store(c.load(Relaxed).wrapping_add(black_box(1)), Relaxed));
+        });
+        total.fetch_add(LOCAL.with(|c| c.load(Relaxed)), Relaxed);
+        n
+    });
+    check("the sum of the thread-local counters", total.load(Relaxed), s)
+}
+
+fn mutex(threads: usize, duration: Duration) -> Result<Sample, String> {
+    let m = Mutex::new(0u64);
+    let s = run_threads(threads, duration, |stop| {
+        spin(stop, || {
+            *m.lock().unwrap_or_else(PoisonError::into_inner) += black_box(1);
+        })
+    });
+    let v = *m.lock().unwrap_or_else(PoisonError::into_inner);
+    check("the Mutex<u64>", v, s)
+}
+
+/// Remote `take()` and `take_cpu(c)` calls timed while adders ran: (nanoseconds, value taken).
+pub struct RemoteTake {
+    /// The adders' run.
+    pub adders: Sample,
+    /// One entry per `take()` call.
+    pub take: Vec<(u64, u64)>,
+    /// One entry per `take_cpu(c)` call (c rotating over every index).
+    pub take_cpu: Vec<(u64, u64)>,
+}
+
+/// While `threads` threads add 1 to a `Counter`, another thread alternates `take()` and
+/// `take_cpu(c)` and times each call, until the first adder stops. Checks that every add was
+/// taken exactly once.
+pub fn remote_take(threads: usize, duration: Duration) -> Result<RemoteTake, String> {
+    let c = Counter::new();
+    let limit = restartable::guard::limit();
+    let (started, finished) = (AtomicBool::new(false), AtomicBool::new(false));
+    let (adders, taker) = std::thread::scope(|s| {
+        let taker = s.spawn(|| -> Result<_, String> {
+            // Time only while the adders run. (Parked, not yielding: under EEVDF every
+            // `sched_yield` pushes the thread's deadline back, and a thread that yielded
+            // thousands of times can then starve behind busy adders for the whole run.)
+            while !started.load(Relaxed) {
+                std::thread::park();
+            }
+            let (mut take, mut take_cpu) = (Vec::new(), Vec::new());
+            let mut cpu = 0;
+            // At least one call of each, so there is always a latency to report.
+            loop {
+                let t = Instant::now();
+                let v = c.try_take().map_err(|e| format!("Counter::take: {e}"))?;
+                take.push((elapsed_ns(t), v));
+                let t = Instant::now();
+                let v = c.take_cpu(cpu).map_err(|e| format!("Counter::take_cpu({cpu}): {e}"))?;
+                take_cpu.push((elapsed_ns(t), v));
+                cpu = (cpu + 1) % limit;
+                if finished.load(Relaxed) {
+                    return Ok((take, take_cpu));
+                }
+            }
+        });
+        let wake = taker.thread().clone();
+        let adders = run_threads(threads, duration, |stop| {
+            if !started.swap(true, Relaxed) {
+                wake.unpark();
+            }
+            let n = spin(stop, || c.add(black_box(1)));
+            finished.store(true, Relaxed);
+            n
+        });
+        // Wakes the taker if no adder ever did (impossible: every adder runs one batch).
+        started.store(true, Relaxed);
+        finished.store(true, Relaxed);
+        taker.thread().unpark();
+        (adders, taker.join())
+    });
+    let (take, take_cpu) = taker.map_err(|_| "the take() thread panicked".to_string())??;
+    let rest = c.try_take().map_err(|e| format!("Counter::take: {e}"))?;
+    let taken = take.iter().chain(&take_cpu).fold(rest, |acc, &(_, v)| acc.wrapping_add(v));
+    check("the total of every take()", taken, adders).map_err(|e| format!("remote take: {e}"))?;
+    Ok(RemoteTake { adders, take, take_cpu })
+}
+
+fn elapsed_ns(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_in_process_impl_counts_exactly() {
+        for i in Impl::ALL.into_iter().filter(|i| !i.in_child()) {
+            for threads in [1, 3] {
+                let s = i.measure(threads, Duration::from_millis(5)).unwrap();
+                assert_eq!(s.threads, threads);
+                assert!(s.ops >= BATCH * threads as u64, "{i:?}: {s:?}");
+                assert!(s.ns_per_op() > 0.0 && s.mops() > 0.0, "{i:?}: {s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn degraded_impl_refuses_fast_mode() {
+        if restartable::mode().is_fast() {
+            let e = Impl::CounterDegraded.measure(1, Duration::from_millis(1)).unwrap_err();
+            assert!(e.contains("degraded"), "{e}");
+        }
+    }
+
+    #[test]
+    fn remote_take_conserves() {
+        let r = remote_take(2, Duration::from_millis(20)).unwrap();
+        assert!(!r.take.is_empty() && r.take.len() == r.take_cpu.len());
+    }
+
+    #[test]
+    fn sample_math() {
+        let s = Sample { threads: 2, elapsed_ns: 1_000, ops: 500 };
+        assert_eq!(s.ns_per_op(), 4.0);
+        assert_eq!(s.mops(), 500.0);
+    }
+
+    #[test]
+    fn keys_are_unique() {
+        let mut keys: Vec<_> = Impl::ALL.iter().map(|i| i.key()).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), Impl::ALL.len());
+    }
+}

@@ -1,0 +1,195 @@
+//! `restartable bench` end to end: a tiny run measures every implementation at every thread
+//! count and emits one JSON object with every field, the SVG chart is written, and bad
+//! arguments fail with a message, never a panic.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_restartable");
+
+/// Every implementation's JSON key, in table order.
+const IMPLS: [&str; 8] =
+    ["counter", "raw-rseq", "floor", "shared-atomic", "percpu-atomic", "thread-local", "mutex", "counter-degraded"];
+
+fn bench(args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("bench").args(args);
+    // The parent's environment may carry a forced degraded mode or the CI's GLIBC_TUNABLES.
+    cmd.env_remove("RESTARTABLE_FORCE_DEGRADED").env_remove("GLIBC_TUNABLES");
+    cmd.output().expect("run the restartable binary")
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("restartable-bench-{}-{name}", std::process::id()))
+}
+
+fn positive(v: &Value) -> bool {
+    v.as_f64().is_some_and(|x| x.is_finite() && x > 0.0)
+}
+
+#[test]
+fn tiny_run_emits_every_field_and_a_chart() {
+    let svg = temp_path("chart.svg");
+    let out = bench(&["--threads", "1,2", "--duration", "0.01", "--json", "--svg", svg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8(out.stdout.clone()).expect("UTF-8 output");
+    assert_eq!(text.trim_end().lines().count(), 1, "one JSON object on one line: {text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+
+    let m = &v["machine"];
+    assert!(m["cpu_model"].as_str().is_some_and(|s| !s.is_empty()), "{m}");
+    assert!(m["kernel"].as_str().is_some_and(|s| !s.is_empty()), "{m}");
+    assert!(m["cores"].as_u64() >= Some(1) && m["possible_cpus"].as_u64() >= m["cores"].as_u64(), "{m}");
+    assert!(matches!(m["mode"]["kind"].as_str(), Some("fast" | "degraded")), "{m}");
+    assert!(m["mode"]["description"].as_str().is_some_and(|s| !s.is_empty()), "{m}");
+
+    let p = &v["params"];
+    assert_eq!(p["threads"], serde_json::json!([1, 2]), "{p}");
+    assert_eq!(p["duration_s"].as_f64(), Some(0.01), "{p}");
+    assert_eq!(p["rounds"].as_u64(), Some(3), "the default: {p}");
+
+    let results = v["results"].as_array().unwrap_or_else(|| panic!("results array: {v}"));
+    let keys: Vec<&str> = results.iter().filter_map(|r| r["key"].as_str()).collect();
+    assert_eq!(keys, IMPLS, "every implementation, in order");
+    for r in results {
+        assert!(r["name"].as_str().is_some_and(|s| !s.is_empty()), "{r}");
+        let cells = r["cells"].as_array().unwrap_or_else(|| panic!("cells: {r}"));
+        let threads: Vec<u64> = cells.iter().filter_map(|c| c["threads"].as_u64()).collect();
+        assert_eq!(threads, [1, 2], "{r}");
+        for c in cells {
+            for k in ["ns_per_op", "mops", "ops", "elapsed_ns"] {
+                assert!(positive(&c[k]), "{k} in {} {c}", r["key"]);
+            }
+            assert!(c["ops"].is_u64(), "{c}");
+            // The reported numbers agree with each other.
+            let (ns, mops, ops, el, t) = (
+                c["ns_per_op"].as_f64().unwrap(),
+                c["mops"].as_f64().unwrap(),
+                c["ops"].as_f64().unwrap(),
+                c["elapsed_ns"].as_f64().unwrap(),
+                c["threads"].as_f64().unwrap(),
+            );
+            assert!((ns - el * t / ops).abs() <= 1e-6 * ns, "{c}");
+            assert!((mops - ops * 1e3 / el).abs() <= 1e-6 * mops, "{c}");
+            let rounds = c["rounds"].as_array().unwrap_or_else(|| panic!("rounds: {c}"));
+            assert_eq!(rounds.len(), 3, "{c}");
+            // The median round is one of the rounds.
+            assert!(rounds.iter().any(|x| x["ops"] == c["ops"] && x["elapsed_ns"] == c["elapsed_ns"]), "{c}");
+        }
+    }
+
+    let rt = &v["remote_take"];
+    assert_eq!(rt["threads"].as_u64(), Some(2), "{rt}");
+    assert!(positive(&rt["adds"]), "{rt}");
+    for k in ["median_us", "p99_us"] {
+        assert!(positive(&rt[k]), "{k} in {rt}");
+    }
+    assert!(rt["p99_us"].as_f64() >= rt["median_us"].as_f64(), "{rt}");
+    for which in ["take", "take_cpu"] {
+        let l = &rt[which];
+        assert!(positive(&l["samples"]) && positive(&l["median_us"]) && positive(&l["p99_us"]), "{which}: {rt}");
+        assert!(l["found"].as_u64() <= l["samples"].as_u64(), "{which}: {rt}");
+    }
+    assert!(v["library"]["aborts"].is_u64() && v["library"]["slow_path_uses"].is_u64(), "{v}");
+
+    let doc = std::fs::read_to_string(&svg).expect("the SVG file was written");
+    let _ = std::fs::remove_file(&svg);
+    assert!(!doc.is_empty());
+    assert!(doc.starts_with("<svg") || doc.starts_with("<?xml"), "{}", &doc[..doc.len().min(200)]);
+    assert!(doc.trim_end().ends_with("</svg>"));
+    for r in results {
+        let name = r["name"].as_str().unwrap().replace('<', "&lt;").replace('>', "&gt;");
+        assert!(doc.contains(&name), "the legend names {name}");
+    }
+}
+
+#[test]
+fn table_output_shows_machine_rows_and_columns() {
+    let out = bench(&["--threads", "1,3", "--duration", "0.005", "--rounds", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    assert!(text.starts_with("machine: "), "{text}");
+    assert!(text.contains("mode:"), "{text}");
+    assert!(text.contains("1 thread") && text.contains("3 threads"), "{text}");
+    for name in ["Counter::add", "Mutex<u64>", "Counter::add (degraded mode)", "thread-local Cell (floor)"] {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("row {name}: {text}"));
+        // Two cells, each "ns/op (Mops/s)".
+        assert_eq!(line.matches(" (").count() - name.matches(" (").count(), 2, "{line}");
+    }
+    assert!(text.contains("take():") && text.contains("take_cpu(c)"), "{text}");
+}
+
+#[test]
+fn degraded_child_refuses_fast_mode_and_runs_degraded() {
+    // The hidden child entry point: in a fast-mode process it must refuse (exit 1, message).
+    let out = bench(&["--internal-only", "counter-degraded", "--threads", "1", "--duration", "0.005", "--json"]);
+    let probe = Command::new(BIN).args(["info", "--json"]).env_remove("RESTARTABLE_FORCE_DEGRADED").output().unwrap();
+    let fast = String::from_utf8_lossy(&probe.stdout).contains(r#""kind":"fast""#);
+    if fast {
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("degraded"), "{}", describe(&out));
+    }
+    let out = Command::new(BIN)
+        .args(["bench", "--internal-only", "counter-degraded", "--threads", "2", "--duration", "0.005", "--json"])
+        .env("RESTARTABLE_FORCE_DEGRADED", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["internal"], "counter-degraded");
+    assert_eq!(v["samples"][0]["threads"].as_u64(), Some(2), "{v}");
+    assert!(positive(&v["samples"][0]["ops"]), "{v}");
+}
+
+#[test]
+fn bad_arguments_fail_cleanly() {
+    let cases: &[&[&str]] = &[
+        &["--threads", "0"],
+        &["--threads", ""],
+        &["--threads", "1,,2"],
+        &["--threads", "x"],
+        &["--threads", "1,-2"],
+        &["--threads", "2.5"],
+        &["--threads", "100000"],
+        &["--duration", "0"],
+        &["--duration", "-1"],
+        &["--duration", "-0.5"],
+        &["--duration", "nan"],
+        &["--duration", "inf"],
+        &["--duration", "soon"],
+        &["--rounds", "0"],
+        &["--bogus"],
+        &["--internal-only", "nonsense"],
+    ];
+    for args in cases {
+        let out = bench(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(err.contains("error"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn unwritable_svg_path_is_an_error_not_a_panic() {
+    let dir = temp_path("no-such-dir");
+    let path = dir.join("chart.svg");
+    let out = bench(&["--threads", "1", "--duration", "0.001", "--svg", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("SVG") && err.contains("chart.svg"), "{err}");
+    // It fails before measuring anything: nothing on stdout.
+    assert!(out.stdout.is_empty(), "{}", describe(&out));
+}
