@@ -25,10 +25,11 @@ fn rng(seed: &mut u64) -> u64 {
     *seed
 }
 
-/// Run `work(thread)` on `threads()` threads while `remote(seed)` runs in a loop on another.
-/// Workers wait for the remote thread to start, and it runs at least 50 times while they work
-/// (checked), so remote operations really overlap the fast paths.
-fn contend(work: impl Fn(u64) + Sync, remote: impl Fn(&mut u64) + Send) {
+/// Run `work(thread, mid)` on `threads()` threads while `remote(seed)` runs in a loop on
+/// another. Each worker calls `mid()` halfway through its work, which waits (up to 10 s) until
+/// the remote thread has completed 3 more operations since the workers started: remote
+/// operations provably overlap the fast paths, however the scheduler treats the remote thread.
+fn contend(work: impl Fn(u64, &dyn Fn()) + Sync, remote: impl Fn(&mut u64) + Send) {
     let done = &AtomicBool::new(false);
     let remote_runs = &AtomicU64::new(0);
     std::thread::scope(|s| {
@@ -42,16 +43,22 @@ fn contend(work: impl Fn(u64) + Sync, remote: impl Fn(&mut u64) + Send) {
         while remote_runs.load(Relaxed) == 0 {
             std::thread::yield_now();
         }
+        let start = remote_runs.load(Relaxed);
+        let mid = move || {
+            let t0 = std::time::Instant::now();
+            while remote_runs.load(Relaxed) < start + 3 {
+                assert!(t0.elapsed().as_secs() < 10, "the remote thread made no progress");
+                std::thread::yield_now();
+            }
+        };
         let workers: Vec<_> = (0..threads() as u64)
             .map(|t| {
                 let work = &work;
-                s.spawn(move || work(t))
+                s.spawn(move || work(t, &mid))
             })
             .collect();
         workers.into_iter().for_each(|w| w.join().unwrap());
-        let overlapped = remote_runs.load(Relaxed);
         done.store(true, Relaxed);
-        assert!(overlapped >= 50, "the remote thread ran only {overlapped} times during the work");
         r.join().unwrap();
     });
 }
@@ -60,8 +67,11 @@ fn counter<I: Index>() {
     let c: Counter<I> = Counter::default();
     let taken = AtomicU64::new(0);
     contend(
-        |t| {
+        |t, mid| {
             for k in 0..REPS {
+                if k == REPS / 2 {
+                    mid();
+                }
                 if k % 512 == 0 {
                     std::thread::yield_now(); // let the remote thread in
                 }
@@ -94,9 +104,12 @@ fn stack<I: Index>() {
     let popped = std::sync::Mutex::new(Vec::new());
     let drained = std::sync::Mutex::new(Vec::new());
     contend(
-        |t| {
+        |t, mid| {
             let mut mine = Vec::new();
             for k in 0..REPS {
+                if k == REPS / 2 {
+                    mid();
+                }
                 if k % 512 == 0 {
                     std::thread::yield_now(); // let the remote thread in
                 }
@@ -149,9 +162,12 @@ fn buffer<I: Index>() {
     let out = std::sync::Mutex::new(Vec::new());
     let drained = std::sync::Mutex::new(Vec::new());
     contend(
-        |t| {
+        |t, mid| {
             let mut mine = Vec::new();
             for k in 0..REPS {
+                if k == REPS / 2 {
+                    mid();
+                }
                 if k % 512 == 0 {
                     std::thread::yield_now(); // let the remote thread in
                 }
@@ -208,9 +224,12 @@ fn memcpy_buffer<I: Index>() {
     let out = std::sync::Mutex::new(Vec::new());
     let drained = std::sync::Mutex::new(Vec::new());
     contend(
-        |t| {
+        |t, mid| {
             let mut mine = Vec::new();
             for k in 0..REPS {
+                if k == REPS / 2 {
+                    mid();
+                }
                 if k % 512 == 0 {
                     std::thread::yield_now(); // let the remote thread in
                 }
@@ -248,8 +267,11 @@ fn spinlock<I: Index>() {
     let l: SpinLock<(u64, bool), I> = SpinLock::new(|_| (0, false));
     let remote = AtomicU64::new(0);
     contend(
-        |_| {
-            for _ in 0..REPS / 4 {
+        |_, mid| {
+            for k in 0..REPS / 4 {
+                if k == REPS / 8 {
+                    mid();
+                }
                 let mut g = l.lock();
                 assert!(!g.1, "two holders of CPU {}'s lock", g.cpu());
                 g.1 = true;
@@ -368,19 +390,69 @@ fn send_and_sync_exactly_when_sound() {
     // `collections` module.
 }
 
+/// Run every other test of this binary in a child process with `env` set and system calls
+/// denied by seccomp (`rules`); the child must pass all of them in the expected mode.
+fn whole_suite_in_child(env: &[(&str, &str)], rules: &[(i64, i32)], expect_mode: &str) {
+    if std::env::var_os("RESTARTABLE_SUITE_CHILD").is_some() {
+        return; // never recurse: a child runs the suite, not these parents
+    }
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--skip",
+        "degraded_mode_too",
+        "--skip",
+        "seccomp_",
+        "--skip",
+        "own_registration_too",
+        "--test-threads=2",
+        "--nocapture",
+    ])
+    .env("RESTARTABLE_SUITE_CHILD", expect_mode)
+    .envs(env.iter().copied());
+    if !rules.is_empty() {
+        testkit::deny_syscalls_command(&mut cmd, rules);
+    }
+    let out = cmd.output().unwrap();
+    let text = testkit::describe(&out);
+    assert!(out.status.success(), "the suite failed in a child ({expect_mode}):\n{text}");
+    assert!(text.contains("test result: ok"), "{text}");
+    assert!(text.contains(&format!("MODE-OK {expect_mode}")), "the child ran in the wrong mode:\n{text}");
+}
+
+/// In a suite child: the mode is what the parent expected (printed for the parent to check).
+#[test]
+fn mode_is_as_expected() {
+    let Ok(expect) = std::env::var("RESTARTABLE_SUITE_CHILD") else { return };
+    let mode = restartable::mode().to_string();
+    assert!(mode.contains(&expect), "mode {mode:?} does not contain {expect:?}");
+    println!("MODE-OK {expect}");
+}
+
 #[test]
 fn degraded_mode_too() {
-    if std::env::var_os("RESTARTABLE_FORCE_DEGRADED").is_some() {
-        assert!(!restartable::mode().is_fast());
-        return;
-    }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--skip", "degraded_mode_too", "--test-threads=2"])
-        .env("RESTARTABLE_FORCE_DEGRADED", "1")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "degraded run failed:\n{text}");
-    assert!(text.contains("test result: ok"), "{text}");
-    assert!(!text.contains(" 0 passed"), "{text}");
+    whole_suite_in_child(&[("RESTARTABLE_FORCE_DEGRADED", "1")], &[], "degraded: forced");
+}
+
+#[test]
+fn seccomp_rseq_enosys() {
+    whole_suite_in_child(&[], &[(testkit::SYS_RSEQ, libc::ENOSYS)], "degraded: rseq unavailable (ENOSYS");
+}
+
+#[test]
+fn seccomp_rseq_eperm() {
+    whole_suite_in_child(&[], &[(testkit::SYS_RSEQ, libc::EPERM)], "degraded: rseq unavailable (EPERM");
+}
+
+#[test]
+fn seccomp_membarrier_enosys() {
+    whole_suite_in_child(
+        &[],
+        &[(testkit::SYS_MEMBARRIER, libc::ENOSYS)],
+        "degraded: membarrier rseq fence unavailable (ENOSYS",
+    );
+}
+
+#[test]
+fn own_registration_too() {
+    whole_suite_in_child(&[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")], &[], "fast");
 }
