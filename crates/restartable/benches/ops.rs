@@ -1,5 +1,5 @@
 //! One thread, side by side in one run: the rseq `load_add_store` (CPU lookup, guard check and
-//! retry loop included), a plain thread-local increment (the floor), and `lock xadd`
+//! retry loop included), the same without the guard check (what the check costs), a plain thread-local increment (the floor), and `lock xadd`
 //! (`AtomicUsize::fetch_add`) on one shared word.
 
 use std::cell::Cell;
@@ -32,6 +32,21 @@ fn counters(c: &mut Criterion) {
                         slots[cpu].0.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
+                }
+            }
+        })
+    });
+    g.bench_function("rseq load_add_store<Cpu> without guard check", |b| {
+        b.iter(|| loop {
+            let cpu = restartable::current_cpu();
+            // SAFETY: slot `cpu` is only written by ops indexed by `cpu`; nothing in this
+            // benchmark takes the slow path on these slots.
+            match unsafe { ops::bench_only::load_add_store_unguarded(&slots[cpu].0, black_box(1), cpu) } {
+                Outcome::Committed => break,
+                Outcome::Aborted => continue,
+                _ => {
+                    slots[cpu].0.fetch_add(1, Ordering::Relaxed);
+                    break;
                 }
             }
         })

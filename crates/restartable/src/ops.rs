@@ -297,3 +297,20 @@ pub unsafe fn load_cbne_memcpy_store<I: Index, O: Order>(
     }
     .into()
 }
+
+/// Benchmark support: `load_add_store::<Cpu>` **without** the guard check, to measure what the
+/// check costs side by side. Not part of the API: an unguarded section cannot be stopped, so
+/// the slow path is unsound next to it.
+#[doc(hidden)]
+pub mod bench_only {
+    use super::*;
+
+    /// # Safety
+    /// As [`load_add_store`], and nothing may ever use the slow path on `v`'s CPU.
+    #[inline(always)]
+    pub unsafe fn load_add_store_unguarded(v: *const AtomicUsize, count: usize, index: usize) -> Outcome {
+        let (area, g, i) = enter_or_stop!(index);
+        // SAFETY: the caller's contract; `area` and `g` come from `enter`.
+        unsafe { arch::load_add_store_unguarded(area, g, i, (*v).as_ptr(), count) }.into()
+    }
+}

@@ -56,6 +56,12 @@ macro_rules! inject_operand {
 /// One critical section. `$off` is the offset of the index field (4 = cpu_id, 24 = mm_cid).
 macro_rules! section {
     (@asm $off:literal, $area:expr, $index:expr, $guard:expr, [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
+        section!(@asm_checked $off, $area, $index, $guard, ["cmp dword ptr [{guard}], 0", "jne {stopped}"],
+            [$($body),*], [$($operands)*])
+    };
+    // `$check` is the guard check; only the benchmark-only unguarded op replaces it (with a
+    // comment naming the operands, which asm! requires to be used).
+    (@asm_checked $off:literal, $area:expr, $index:expr, $guard:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
         inject_operand!(
             ".pushsection __rseq_cs, \"aw\"",
             ".balign 32",
@@ -70,8 +76,7 @@ macro_rules! section {
             concat!("cmp dword ptr [{area} + ", $off, "], {index:e}"),
             "jne {abort}",
             point!(2),
-            "cmp dword ptr [{guard}], 0",
-            "jne {stopped}",
+            $($check,)*
             point!(3),
             $($body,)*
             "6:",
@@ -317,6 +322,29 @@ pub(crate) unsafe fn load_cbne_memcpy_store(
             v = in(reg) v, expect = in(reg) expect, new = in(reg) new,
             dst = inout(reg) dst => _, src = inout(reg) src => _, len = inout(reg) len => _,
             b = out(reg_byte) _, cmpfail = label { return Exit::CompareFailed },
+        ]);
+    }
+    Exit::Committed
+}
+
+/// `*v += count` without the guard check: exists only so that benchmarks can measure what the
+/// guard check costs, side by side. Never used by the library.
+#[inline(always)]
+pub(crate) unsafe fn load_add_store_unguarded(
+    area: *mut Rseq,
+    guard: *const AtomicU32,
+    index: u32,
+    v: *mut usize,
+    count: usize,
+) -> Exit {
+    // SAFETY: the function's contract above (the guard is named, not read).
+    unsafe {
+        section!(@asm_checked "4", area, index, guard, ["# unguarded: {guard} {stopped}"], [
+            "mov {t}, qword ptr [{v}]",
+            "add {t}, {count}",
+            "mov qword ptr [{v}], {t}",
+        ], [
+            v = in(reg) v, count = in(reg) count, t = out(reg) _,
         ]);
     }
     Exit::Committed

@@ -1,0 +1,205 @@
+//! The collections against their usual alternatives, side by side in one run, at 1 thread and at
+//! 2 x the online CPUs:
+//!
+//! - counters: `Counter::add`, the raw `load_add_store::<Cpu>` (retry loop included),
+//!   `AtomicU64::fetch_add` on one shared word, and per-CPU atomics indexed by `sched_getcpu`;
+//! - stacks (a push + pop pair): `Stack<u64>` (one node allocated per push, by design),
+//!   `crossbeam_queue::SegQueue<u64>`, and `Mutex<Vec<u64>>`;
+//! - bounded buffers (a push + pop pair of a `Box`): `Buffer<u64>` and
+//!   `crossbeam_queue::ArrayQueue<Box<u64>>`.
+//!
+//! Every case, at every thread count, runs through the same harness ([`parallel`]): `threads`
+//! threads start together, each performs `iters` operations, and the slowest thread's time is
+//! reported, so a figure is the time per operation *per thread* (as in `restartable bench`).
+//!
+//! ```text
+//! cargo bench -p restartable --bench collections
+//! cargo bench -p restartable --bench collections -- --warm-up-time 0.2 --measurement-time 0.5
+//! ```
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Barrier, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use crossbeam_queue::{ArrayQueue, SegQueue};
+use restartable::ops::{self, Cpu, Outcome};
+use restartable::{Buffer, Counter, Stack};
+
+/// Items each CPU's `Buffer` (and, per thread, the `ArrayQueue`) can hold.
+const CAPACITY: usize = 64;
+
+/// A value alone on its cache line pair (128 bytes, as `crossbeam_utils::CachePadded`).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// `threads` threads start together and each runs `body(iters)`; the slowest one's time.
+fn parallel(threads: usize, iters: u64, body: &(impl Fn(u64) + Sync)) -> Duration {
+    let start = Barrier::new(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    let t = Instant::now();
+                    body(iters);
+                    t.elapsed()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a benchmark thread panicked")).max().unwrap_or_default()
+    })
+}
+
+/// One benchmark of the group: `body(iters)` on every thread, timed by [`parallel`].
+fn case(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    threads: usize,
+    body: impl Fn(u64) + Sync,
+) {
+    g.bench_function(name, |b| b.iter_custom(|iters| parallel(threads, iters, &body)));
+}
+
+fn thread_counts() -> [usize; 2] {
+    [1, 2 * restartable::sys::online_cpus()]
+}
+
+fn label(family: &str, threads: usize) -> String {
+    format!("{family}-{threads}-thread{}", if threads == 1 { "" } else { "s" })
+}
+
+/// Add 1 to the current CPU's slot with the raw op; `Aborted` retries, `Stopped` (no rseq, or
+/// a CPU stopped by someone's slow path: neither happens in this benchmark unless rseq is
+/// missing, and then every thread takes this path) falls back to `fetch_add`.
+#[inline(always)]
+fn raw_add(slots: &[Padded<AtomicUsize>]) {
+    loop {
+        let cpu = restartable::current_cpu();
+        let slot = &slots[cpu % slots.len()].0;
+        // SAFETY: slot `cpu` is written only by ops indexed by `cpu` (the modulo changes
+        // nothing: every CPU number is below `possible_cpus`), or by the atomic fallback when no
+        // section can commit on it.
+        match unsafe { ops::load_add_store::<Cpu>(slot, black_box(1), cpu) } {
+            Outcome::Committed => return,
+            Outcome::Aborted => continue,
+            Outcome::Stopped | Outcome::CompareFailed => {
+                slot.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+fn counters(c: &mut Criterion) {
+    for threads in thread_counts() {
+        let mut g = c.benchmark_group(label("counter", threads));
+
+        let counter = Counter::new();
+        case(&mut g, "Counter::add", threads, |iters| (0..iters).for_each(|_| counter.add(black_box(1))));
+
+        let slots: Vec<Padded<AtomicUsize>> =
+            (0..restartable::possible_cpus()).map(|_| Padded(AtomicUsize::new(0))).collect();
+        case(&mut g, "raw load_add_store<Cpu>", threads, |iters| (0..iters).for_each(|_| raw_add(&slots)));
+
+        let shared = AtomicU64::new(0);
+        case(&mut g, "shared AtomicU64::fetch_add", threads, |iters| {
+            (0..iters).for_each(|_| {
+                shared.fetch_add(black_box(1), Relaxed);
+            })
+        });
+
+        let percpu: Vec<Padded<AtomicU64>> =
+            (0..restartable::possible_cpus()).map(|_| Padded(AtomicU64::new(0))).collect();
+        case(&mut g, "per-CPU atomics (sched_getcpu)", threads, |iters| {
+            (0..iters).for_each(|_| {
+                let cpu = restartable::sys::sched_getcpu();
+                percpu[cpu % percpu.len()].0.fetch_add(black_box(1), Relaxed);
+            })
+        });
+        g.finish();
+
+        // Nothing was lost (a cheap sanity check on the raw op and the counter).
+        let raw: usize = slots.iter().map(|s| s.0.load(Relaxed)).sum();
+        let atomics: u64 = percpu.iter().map(|s| s.0.load(Relaxed)).sum();
+        assert!(counter.sum() > 0 && raw > 0 && atomics > 0 && shared.load(Relaxed) > 0);
+    }
+}
+
+fn stacks(c: &mut Criterion) {
+    for threads in thread_counts() {
+        let mut g = c.benchmark_group(label("stack-push-pop", threads));
+
+        // `pop` sees only the current CPU's list: after a migration between the two calls it
+        // may find nothing (or another thread's item); the stack's `Drop` frees what is left.
+        let stack: Stack<u64> = Stack::new();
+        case(&mut g, "Stack", threads, |iters| {
+            for i in 0..iters {
+                stack.push(black_box(i));
+                black_box(stack.pop());
+            }
+        });
+
+        let seg: SegQueue<u64> = SegQueue::new();
+        case(&mut g, "crossbeam SegQueue", threads, |iters| {
+            for i in 0..iters {
+                seg.push(black_box(i));
+                black_box(seg.pop());
+            }
+        });
+
+        let vec: Mutex<Vec<u64>> = Mutex::new(Vec::with_capacity(1024));
+        case(&mut g, "Mutex<Vec>", threads, |iters| {
+            for i in 0..iters {
+                vec.lock().unwrap_or_else(PoisonError::into_inner).push(black_box(i));
+                black_box(vec.lock().unwrap_or_else(PoisonError::into_inner).pop());
+            }
+        });
+        g.finish();
+    }
+}
+
+fn buffers(c: &mut Criterion) {
+    for threads in thread_counts() {
+        let mut g = c.benchmark_group(label("buffer-push-pop", threads));
+
+        // Each thread moves one box in and out; a new one is made only when a pop found
+        // nothing (a migration between push and pop).
+        let buffer: Buffer<u64> = Buffer::with_capacity(CAPACITY);
+        case(&mut g, "Buffer", threads, |iters| {
+            let mut spare = Some(Box::new(0u64));
+            for _ in 0..iters {
+                let item = spare.take().unwrap_or_else(|| Box::new(0));
+                if let Err(item) = buffer.push(black_box(item)) {
+                    spare = Some(item);
+                }
+                if let Some(item) = buffer.pop() {
+                    spare = Some(black_box(item));
+                }
+            }
+        });
+
+        let queue: ArrayQueue<Box<u64>> = ArrayQueue::new(CAPACITY * threads);
+        case(&mut g, "crossbeam ArrayQueue", threads, |iters| {
+            let mut spare = Some(Box::new(0u64));
+            for _ in 0..iters {
+                let item = spare.take().unwrap_or_else(|| Box::new(0));
+                if let Err(item) = queue.push(black_box(item)) {
+                    spare = Some(item);
+                }
+                if let Some(item) = queue.pop() {
+                    spare = Some(black_box(item));
+                }
+            }
+        });
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = counters, stacks, buffers
+}
+criterion_main!(benches);
