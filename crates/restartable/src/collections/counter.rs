@@ -3,6 +3,7 @@ use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use crate::guard::{self, GuardError};
 use crate::ops::{self, Cpu, Index};
+use crate::opv::OpVec;
 use crate::percpu::PerCpu;
 use crate::retry;
 
@@ -47,9 +48,14 @@ impl<I: Index> Counter<I> {
                 None => ops::Outcome::Stopped,
             },
             |stop| {
-                let slot = &self.slots.get(stop.index()).expect("stop index is in range");
-                // The guard excludes every other writer of this slot: a load and a store suffice.
-                slot.store(slot.load(Relaxed).wrapping_add(n), Relaxed);
+                // The slow path is the same add as a CPU op vector, run while the index is stopped.
+                let slot = self.slots.get(stop.index()).expect("stop index is in range");
+                let mut v = OpVec::new();
+                v.add_word(slot, n);
+                // SAFETY: the slot is written only by sections indexed by its index and under its
+                // guard, which `stop` holds. A one-op add on an aligned word always validates.
+                let r = unsafe { v.run_stopped(stop) };
+                debug_assert!(r.is_ok(), "{r:?}");
             },
         );
     }

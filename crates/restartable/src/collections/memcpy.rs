@@ -9,7 +9,7 @@ use crate::retry::{self, Path};
 
 /// The largest item a [`MemcpyBuffer`] holds: the op vector's memcpy limit (the kernel
 /// `cpu_opv` proposal's), so that every push and pop has a slow path.
-pub const MAX_ITEM: usize = 4096;
+pub const MAX_ITEM: usize = crate::opv::MAX_LEN;
 
 struct Ring {
     count: AtomicUsize,
