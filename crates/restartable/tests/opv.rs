@@ -746,7 +746,7 @@ fn drain(reps: usize) {
                             std::thread::yield_now();
                         }
                     }
-                    if rep % 256 == 0 {
+                    if rep % 32 == 0 {
                         // Let the drainer (and the other workers) in on 2 cores.
                         std::thread::yield_now();
                     }
@@ -773,7 +773,6 @@ fn drain(reps: usize) {
             })
         })
         .collect();
-    start.wait();
     for w in workers {
         w.join().expect("worker");
     }
