@@ -81,8 +81,7 @@ pub fn run<I: Index, T>(mut fast: impl FnMut(usize) -> Outcome, slow: impl FnOnc
     let mut slow = Some(slow);
     loop {
         let mut aborts = 0u32;
-        loop {
-            let Some(index) = I::current() else { break };
+        while let Some(index) = I::current() {
             match fast(index) {
                 o @ (Outcome::Committed | Outcome::CompareFailed) => return Path::Fast(o),
                 Outcome::Stopped => break,

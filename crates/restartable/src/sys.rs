@@ -90,10 +90,10 @@ pub fn parse_cpu_list_max(s: &str) -> Option<usize> {
     let mut max = None;
     for part in s.trim().split(',').filter(|p| !p.is_empty()) {
         let hi = part.rsplit('-').next()?.trim().parse::<usize>().ok()?;
-        if let Some((lo, _)) = part.split_once('-') {
-            if lo.trim().parse::<usize>().ok()? > hi {
-                return None;
-            }
+        if let Some((lo, _)) = part.split_once('-')
+            && lo.trim().parse::<usize>().ok()? > hi
+        {
+            return None;
         }
         max = Some(max.map_or(hi, |m: usize| m.max(hi)));
     }

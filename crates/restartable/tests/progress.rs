@@ -1,7 +1,6 @@
 //! Progress in hostile environments: a debugger single-stepping through a fast path, and
 //! valgrind (which has no rseq). Both run a child process (this test binary again).
 
-use std::io::Write;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -31,8 +30,10 @@ fn add(slots: &[Slot], n: usize) {
 
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn restartable_gdb_target(slots: *const Slot) {
-    // SAFETY: `slots` points to `possible_cpus()` live slots (see `gdb_child`).
+/// # Safety
+/// `slots` points to `possible_cpus()` live slots.
+pub unsafe extern "C" fn restartable_gdb_target(slots: *const Slot) {
+    // SAFETY: the function's contract.
     let slots = unsafe { std::slice::from_raw_parts(slots, restartable::possible_cpus()) };
     add(slots, 1);
 }
@@ -51,7 +52,8 @@ fn gdb_child() {
     let slots = slots();
     add(&slots, 1); // warm up: registration, mode, fence registration
     let slow_before = retry::slow_path_uses();
-    restartable_gdb_target(slots.as_ptr());
+    // SAFETY: `slots` has `possible_cpus()` live slots.
+    unsafe { restartable_gdb_target(slots.as_ptr()) };
     restartable_gdb_done();
     println!(
         "RESULT total={} slow={} aborts={} mode={}",

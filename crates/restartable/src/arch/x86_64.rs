@@ -8,6 +8,9 @@
 //! On x86_64 (TSO) a release store is a plain `mov`; the `RELEASE` parameter exists so that the
 //! same API maps to `stlr` on aarch64. The `asm!` blocks are compiler barriers for memory.
 
+// The section functions take their operands one by one, exactly as the asm blocks use them.
+#![allow(clippy::too_many_arguments)]
+
 use core::sync::atomic::AtomicU32;
 
 use super::Exit;
