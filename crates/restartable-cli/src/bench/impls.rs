@@ -396,6 +396,17 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_update_is_an_error() {
+        let s = Sample { threads: 1, elapsed_ns: 10, ops: 5 };
+        assert_eq!(check("x", 5, s), Ok(s));
+        let e = check("the shared word", 4, s).unwrap_err();
+        assert!(
+            e.contains("count mismatch") && e.contains("the shared word is 4") && e.contains("5 operations"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn sample_math() {
         let s = Sample { threads: 2, elapsed_ns: 1_000, ops: 500 };
         assert_eq!(s.ns_per_op(), 4.0);

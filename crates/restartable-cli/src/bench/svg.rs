@@ -28,11 +28,13 @@ pub fn render(table: &Table) -> Result<String, String> {
 
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (960, 600)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (1100, 600)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
+        // The legend gets its own panel on the right, so it never hides a line.
+        let (plot, legend) = root.split_horizontally(800);
         let title =
             format!("restartable bench: ns/op per thread ({}, {} cores)", table.machine.cpu_model, table.machine.cores);
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(&plot)
             .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
@@ -44,25 +46,17 @@ pub fn render(table: &Table) -> Result<String, String> {
             .x_desc("threads")
             .y_desc("ns/op per thread (log)")
             .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.3}"))
+            .y_label_formatter(&|y| if *y >= 1.0 { format!("{y:.0}") } else { format!("{y:.2}") })
             .draw()
             .map_err(err)?;
         for (i, (name, pts)) in points.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-                .map_err(err)?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2))).map_err(err)?;
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
+            let y = 60 + 24 * i as i32;
+            legend.draw(&PathElement::new(vec![(8, y), (38, y)], color.stroke_width(3))).map_err(err)?;
+            legend.draw(&Text::new(name.to_string(), (46, y - 7), ("sans-serif", 14))).map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
         root.present().map_err(err)?;
     }
     Ok(svg)
