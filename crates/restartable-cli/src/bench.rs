@@ -478,7 +478,12 @@ impl Table {
         if let Some(rt) = &self.remote_take {
             writeln!(out)?;
             let s = if rt.threads == 1 { "" } else { "s" };
-            writeln!(out, "remote Counter::take() while {} thread{s} add:", rt.threads)?;
+            writeln!(
+                out,
+                "remote Counter::take() while {} thread{s} add (one call, then a {} us pause):",
+                rt.threads,
+                impls::TAKE_PAUSE.as_micros()
+            )?;
             writeln!(out, "  {:<25} {}", "take():", rt.take.describe())?;
             writeln!(out, "  {:<25} {}", "take_cpu(c), c rotating:", rt.take_cpu.describe())?;
         }
@@ -532,6 +537,7 @@ impl Table {
                 "p99_us": rt.take.p99_us,
                 "take": rt.take.to_json(),
                 "take_cpu": rt.take_cpu.to_json(),
+                "pause_us": impls::TAKE_PAUSE.as_micros() as u64,
             })),
             "library": { "aborts": self.aborts, "slow_path_uses": self.slow_path_uses },
         })

@@ -298,6 +298,9 @@ fn mutex(threads: usize, duration: Duration) -> Result<Sample, String> {
     check("the Mutex<u64>", v, s)
 }
 
+/// The taker's pause after each `take()` or `take_cpu(c)`.
+pub const TAKE_PAUSE: Duration = Duration::from_micros(50);
+
 /// Remote `take()` and `take_cpu(c)` calls timed while adders ran: (nanoseconds, value taken).
 pub struct RemoteTake {
     /// The adders' run.
@@ -309,7 +312,8 @@ pub struct RemoteTake {
 }
 
 /// While `threads` threads add 1 to a `Counter`, another thread alternates `take()` and
-/// `take_cpu(c)` and times each call, until the first adder stops. Checks that every add was
+/// `take_cpu(c)`, pausing [`TAKE_PAUSE`] after each call, and times each call, until the first
+/// adder stops. Checks that every add was
 /// taken exactly once.
 pub fn remote_take(threads: usize, duration: Duration) -> Result<RemoteTake, String> {
     let c = Counter::new();
@@ -325,11 +329,15 @@ pub fn remote_take(threads: usize, duration: Duration) -> Result<RemoteTake, Str
             }
             let (mut take, mut take_cpu) = (Vec::new(), Vec::new());
             let mut cpu = 0;
-            // At least one call of each, so there is always a latency to report.
+            // At least one call of each, so there is always a latency to report. The pause
+            // after each call lets the adders fill the slots again, as for a periodic
+            // collector: in a tight loop most calls would find every slot empty (the call
+            // right after a take() always would) and skip the guard.
             loop {
                 let t = Instant::now();
                 let v = c.try_take().map_err(|e| format!("Counter::take: {e}"))?;
                 take.push((elapsed_ns(t), v));
+                std::thread::sleep(TAKE_PAUSE);
                 let t = Instant::now();
                 let v = c.take_cpu(cpu).map_err(|e| format!("Counter::take_cpu({cpu}): {e}"))?;
                 take_cpu.push((elapsed_ns(t), v));
@@ -337,6 +345,7 @@ pub fn remote_take(threads: usize, duration: Duration) -> Result<RemoteTake, Str
                 if finished.load(Relaxed) {
                     return Ok((take, take_cpu));
                 }
+                std::thread::sleep(TAKE_PAUSE);
             }
         });
         let wake = taker.thread().clone();
