@@ -6,15 +6,15 @@
 //! `RESTARTABLE_FORCE_DEGRADED=1` (the mode is decided once per process).
 
 use std::alloc::Layout;
-use std::sync::{Arc, Barrier};
 use std::sync::atomic::{
-    AtomicBool, AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicIsize, AtomicU8, AtomicU16, AtomicU32,
-    AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
+    AtomicBool, AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicIsize, AtomicU8, AtomicU16, AtomicU32, AtomicU64,
+    AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
 };
+use std::sync::{Arc, Barrier};
 
 use restartable::guard::{self, GuardError};
 use restartable::ops::{self, Cpu, MmCid, Outcome};
-use restartable::opv::{self, MAX_LEN, MAX_OPS, MAX_TOTAL_LEN, Operand, OpVec, OpvError};
+use restartable::opv::{self, MAX_LEN, MAX_OPS, MAX_TOTAL_LEN, OpVec, Operand, OpvError};
 
 /// Set (with `RESTARTABLE_FORCE_DEGRADED=1`) in the child that runs the checks degraded.
 const DEGRADED_CHILD: &str = "OPV_TEST_DEGRADED_CHILD";
@@ -168,11 +168,7 @@ fn check_arithmetic() {
                     let mut v = OpVec::new();
                     push(&mut v, kind, arena.at(off), operand, size);
                     run(&v).unwrap_or_else(|e| panic!("{kind:?} size {size}: {e}"));
-                    assert_eq!(
-                        arena.snapshot(),
-                        want,
-                        "{kind:?} size {size} old {old:#x} operand {operand:#x}"
-                    );
+                    assert_eq!(arena.snapshot(), want, "{kind:?} size {size} old {old:#x} operand {operand:#x}");
                 }
             }
         }
@@ -437,14 +433,20 @@ fn check_errors() {
             expect_error(&arena, &v, "shift misaligned", |e| matches!(e, OpvError::Misaligned { index: 1, .. }));
             let mut v = fresh();
             v.compare_eq(at(64 + off), at(128), size);
-            expect_error(&arena, &v, "compare a misaligned", |e| {
-                matches!(e, OpvError::Misaligned { index: 1, operand: Operand::A, align, .. } if *align == size)
-            });
+            expect_error(
+                &arena,
+                &v,
+                "compare a misaligned",
+                |e| matches!(e, OpvError::Misaligned { index: 1, operand: Operand::A, align, .. } if *align == size),
+            );
             let mut v = fresh();
             v.compare_ne(at(64), at(128 + off), size);
-            expect_error(&arena, &v, "compare b misaligned", |e| {
-                matches!(e, OpvError::Misaligned { index: 1, operand: Operand::B, addr, .. } if *addr == base + 128 + off)
-            });
+            expect_error(
+                &arena,
+                &v,
+                "compare b misaligned",
+                |e| matches!(e, OpvError::Misaligned { index: 1, operand: Operand::B, addr, .. } if *addr == base + 128 + off),
+            );
         }
     }
 
@@ -462,21 +464,29 @@ fn check_errors() {
     for len in [MAX_LEN + 1, 1 << 20, usize::MAX] {
         let mut v = fresh();
         v.memcpy(at(0), at(4096), len);
-        expect_error(&arena, &v, "memcpy too long", |e| {
-            matches!(e, OpvError::TooLong { index: 1, len: l, limit: MAX_LEN } if *l == len)
-        });
+        expect_error(
+            &arena,
+            &v,
+            "memcpy too long",
+            |e| matches!(e, OpvError::TooLong { index: 1, len: l, limit: MAX_LEN } if *l == len),
+        );
         let mut v = fresh();
         v.compare_eq(at(0), at(4096), len);
-        expect_error(&arena, &v, "compare too long", |e| matches!(e, OpvError::TooLong { index: 1, limit: MAX_LEN, .. }));
+        expect_error(&arena, &v, "compare too long", |e| {
+            matches!(e, OpvError::TooLong { index: 1, limit: MAX_LEN, .. })
+        });
     }
     let mut v = fresh(); // 8 bytes
     v.memcpy(at(8), at(4096 + 8), MAX_LEN); // 4104
     v.compare_eq(at(16), at(8192), 112); // 4216: exactly the limit
     v.validate().unwrap();
     v.add(at(8192 + 256), 1, 1); // 4217
-    expect_error(&arena, &v, "total too long", |e| {
-        matches!(e, OpvError::TooLong { index: 3, len, limit } if *len == MAX_TOTAL_LEN + 1 && *limit == MAX_TOTAL_LEN)
-    });
+    expect_error(
+        &arena,
+        &v,
+        "total too long",
+        |e| matches!(e, OpvError::TooLong { index: 3, len, limit } if *len == MAX_TOTAL_LEN + 1 && *limit == MAX_TOTAL_LEN),
+    );
 
     // NullAddress, for every operand, even with nothing to access.
     let null = std::ptr::null_mut::<u8>();
@@ -489,7 +499,12 @@ fn check_errors() {
             (*fresh().and(null, 0, 8), Operand::Addr),
         ];
         for (v, operand) in cases {
-            expect_error(&arena, &v, "null", |e| matches!(e, OpvError::NullAddress { index: 1, operand: o } if *o == operand));
+            expect_error(
+                &arena,
+                &v,
+                "null",
+                |e| matches!(e, OpvError::NullAddress { index: 1, operand: o } if *o == operand),
+            );
         }
     }
     let mut v = fresh();
@@ -500,18 +515,27 @@ fn check_errors() {
     let top = |back: usize| (usize::MAX - back) as *mut u8;
     let mut v = fresh();
     v.compare_eq(top(2), at(0), 4);
-    expect_error(&arena, &v, "wrap a", |e| {
-        matches!(e, OpvError::AddressOverflow { index: 1, operand: Operand::A, addr, len: 4 } if *addr == usize::MAX - 2)
-    });
+    expect_error(
+        &arena,
+        &v,
+        "wrap a",
+        |e| matches!(e, OpvError::AddressOverflow { index: 1, operand: Operand::A, addr, len: 4 } if *addr == usize::MAX - 2),
+    );
     let mut v = fresh();
     v.compare_eq(at(0), top(0), 1);
-    expect_error(&arena, &v, "wrap b", |e| matches!(e, OpvError::AddressOverflow { index: 1, operand: Operand::B, .. }));
+    expect_error(&arena, &v, "wrap b", |e| {
+        matches!(e, OpvError::AddressOverflow { index: 1, operand: Operand::B, .. })
+    });
     let mut v = fresh();
     v.memcpy(top(4000), at(0), 4096);
-    expect_error(&arena, &v, "wrap dst", |e| matches!(e, OpvError::AddressOverflow { index: 1, operand: Operand::Dst, .. }));
+    expect_error(&arena, &v, "wrap dst", |e| {
+        matches!(e, OpvError::AddressOverflow { index: 1, operand: Operand::Dst, .. })
+    });
     let mut v = fresh();
     v.memcpy(at(0), top(0), 1);
-    expect_error(&arena, &v, "wrap src", |e| matches!(e, OpvError::AddressOverflow { index: 1, operand: Operand::Src, .. }));
+    expect_error(&arena, &v, "wrap src", |e| {
+        matches!(e, OpvError::AddressOverflow { index: 1, operand: Operand::Src, .. })
+    });
     let mut v = fresh();
     v.add(top(3), 1, 4); // aligned to 4, but addr + 4 wraps
     expect_error(&arena, &v, "wrap addr", |e| {
@@ -526,9 +550,12 @@ fn check_errors() {
         for count in [8 * size as u32, 8 * size as u32 + 1, 1000, u32::MAX] {
             let mut v = fresh();
             v.lshift(at(64), count, size);
-            expect_error(&arena, &v, "shift count", |e| {
-                matches!(e, OpvError::ShiftTooLarge { index: 1, count: c, size: s } if *c == count && *s == size)
-            });
+            expect_error(
+                &arena,
+                &v,
+                "shift count",
+                |e| matches!(e, OpvError::ShiftTooLarge { index: 1, count: c, size: s } if *c == count && *s == size),
+            );
         }
     }
 
@@ -706,8 +733,7 @@ fn drain(reps: usize) {
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = 6 * online;
     let n = restartable::possible_cpus();
-    let slots: Arc<Vec<Padded<AtomicUsize>>> =
-        Arc::new((0..n).map(|_| Padded(AtomicUsize::new(0))).collect());
+    let slots: Arc<Vec<Padded<AtomicUsize>>> = Arc::new((0..n).map(|_| Padded(AtomicUsize::new(0))).collect());
     let done = Arc::new(AtomicBool::new(false));
     let slow = Arc::new(AtomicU64::new(0));
     // Successful drains so far: workers wait at half-time for the first, so that the drain
