@@ -257,7 +257,7 @@ impl fmt::Display for OpvError {
             OpvError::ShiftTooLarge { index, count, size } => write!(
                 f,
                 "op {index}: shift count {count} is not below {} (the width of a {size}-byte value)",
-                8 * size
+                size.saturating_mul(8)
             ),
             OpvError::CpuOutOfRange { cpu, limit } => {
                 write!(f, "CPU index {cpu} is out of range (this machine has {limit} possible CPUs)")
