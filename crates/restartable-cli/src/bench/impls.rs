@@ -332,12 +332,14 @@ pub fn remote_take(threads: usize, duration: Duration) -> Result<RemoteTake, Str
             // At least one call of each, so there is always a latency to report. The pause
             // after each call lets the adders fill the slots again, as for a periodic
             // collector: in a tight loop most calls would find every slot empty (the call
-            // right after a take() always would) and skip the guard.
+            // right after a take() always would) and skip the guard. The pause spins: a
+            // sleeping taker would wait a whole time slice to run again behind busy adders,
+            // and time only a few calls.
             loop {
                 let t = Instant::now();
                 let v = c.try_take().map_err(|e| format!("Counter::take: {e}"))?;
                 take.push((elapsed_ns(t), v));
-                std::thread::sleep(TAKE_PAUSE);
+                pause(TAKE_PAUSE);
                 let t = Instant::now();
                 let v = c.take_cpu(cpu).map_err(|e| format!("Counter::take_cpu({cpu}): {e}"))?;
                 take_cpu.push((elapsed_ns(t), v));
@@ -345,7 +347,7 @@ pub fn remote_take(threads: usize, duration: Duration) -> Result<RemoteTake, Str
                 if finished.load(Relaxed) {
                     return Ok((take, take_cpu));
                 }
-                std::thread::sleep(TAKE_PAUSE);
+                pause(TAKE_PAUSE);
             }
         });
         let wake = taker.thread().clone();
@@ -368,6 +370,14 @@ pub fn remote_take(threads: usize, duration: Duration) -> Result<RemoteTake, Str
     let taken = take.iter().chain(&take_cpu).fold(rest, |acc, &(_, v)| acc.wrapping_add(v));
     check("the total of every take()", taken, adders).map_err(|e| format!("remote take: {e}"))?;
     Ok(RemoteTake { adders, take, take_cpu })
+}
+
+/// Busy-wait for `d`.
+fn pause(d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
 }
 
 fn elapsed_ns(t: Instant) -> u64 {
