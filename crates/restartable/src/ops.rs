@@ -201,7 +201,7 @@ pub unsafe fn load_cbeq_store_add_load_store<I: Index>(
 }
 
 /// `r = *(*p + off); *r += count` — a counter reached through a pointer (for example a per-CPU
-/// array that can be swapped with [`OpVec`](crate) while readers run).
+/// array that can be swapped with [`OpVec`](crate::opv::OpVec) while readers run).
 ///
 /// # Safety
 /// The [common contract](self#common-safety-contract); `*p + off` holds a pointer to an
