@@ -156,8 +156,17 @@ pub fn is_stopped(index: usize) -> bool {
 }
 
 fn token() -> u32 {
-    // A thread id is below 2^22 (PID_MAX_LIMIT), so it never collides with WAITERS, and never 0.
-    (rustix::thread::gettid().as_raw_nonzero().get() as u32 & !WAITERS).max(1)
+    std::thread_local! {
+        static TOKEN: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+    }
+    // The thread id, read once per thread (a system call). A thread id is below 2^22
+    // (PID_MAX_LIMIT), so it never collides with WAITERS, and never 0.
+    TOKEN.with(|t| {
+        if t.get() == 0 {
+            t.set((rustix::thread::gettid().as_raw_nonzero().get() as u32 & !WAITERS).max(1));
+        }
+        t.get()
+    })
 }
 
 fn acquire(w: &AtomicU32) {
