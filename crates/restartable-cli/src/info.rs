@@ -54,6 +54,8 @@ pub fn to_json(s: &Status) -> Value {
             "commands": s.membarrier_names(),
             "rseq_fence": s.membarrier_rseq_fence(),
         },
+        "slow_path_uses": s.slow_path_uses,
+        "aborts": s.aborts,
     })
 }
 
@@ -125,6 +127,8 @@ mod tests {
             "possible_cpus",
             "online_cpus",
             "membarrier",
+            "slow_path_uses",
+            "aborts",
         ] {
             assert!(v.get(k).is_some(), "missing {k} in {v}");
         }

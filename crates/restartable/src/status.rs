@@ -42,6 +42,10 @@ pub struct Status {
     pub mm_cid: Option<usize>,
     /// The calling thread's NUMA node, when the kernel provides it.
     pub node: Option<usize>,
+    /// Operations this process completed through the slow path so far ([`crate::retry`]).
+    pub slow_path_uses: u64,
+    /// Critical sections of the retry driver the kernel aborted so far.
+    pub aborts: u64,
 }
 
 impl Status {
@@ -79,6 +83,8 @@ pub fn status() -> Status {
         cpu: cpu::current_cpu(),
         mm_cid: cpu::current_mm_cid(),
         node: cpu::current_node(),
+        slow_path_uses: crate::retry::slow_path_uses(),
+        aborts: crate::retry::aborts(),
     }
 }
 
@@ -101,6 +107,7 @@ impl fmt::Display for Status {
         writeln!(f, "rseq area       {}", self.registration)?;
         writeln!(f, "current         cpu {}, mm_cid {}, node {}", self.cpu, opt(self.mm_cid), opt(self.node))?;
         writeln!(f, "CPUs            {} possible, {} online", self.possible_cpus, self.online_cpus)?;
-        write!(f, "membarrier      {}", self.membarrier_names().join(" "))
+        writeln!(f, "membarrier      {}", self.membarrier_names().join(" "))?;
+        write!(f, "slow path       {} operations so far, {} aborts seen", self.slow_path_uses, self.aborts)
     }
 }
