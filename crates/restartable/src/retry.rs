@@ -7,6 +7,17 @@
 //! slow-path closure instead, with the current index stopped through the guard
 //! ([`guard::stop`]). Every operation therefore completes, in every environment.
 //!
+//! # Debuggers
+//!
+//! Single-stepping (`stepi`) through a critical section stops the thread at every instruction,
+//! so the kernel restarts the section at every step: the fast path can never commit, and after
+//! [`max_aborts`] attempts the operation completes through the slow path (the test
+//! `gdb_single_stepping_completes_through_the_slow_path` shows both). With gdb's *displaced
+//! stepping* on, the stepped instruction runs out of line, the kernel sees an instruction
+//! pointer outside the section and clears `rseq_cs`, so that one step is not protected: inside
+//! a debugging session a preemption at that exact step could lose an update. Turn displaced
+//! stepping off (`set displaced-stepping off`) when stepping through critical sections.
+//!
 //! ```
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //! use restartable::ops::{self, Cpu};
