@@ -44,7 +44,8 @@ pub fn current_node() -> Option<usize> {
 #[inline]
 fn read_field(offset: usize) -> Option<usize> {
     let area = thread::area();
-    if area.is_null() || thread::usable_len() < offset + 4 {
+    // A thread with an area has read the process facts, so `usable_len_fast` is final.
+    if area.is_null() || thread::usable_len_fast() < offset + 4 {
         return None;
     }
     // SAFETY: `area` is this thread's live area, and the kernel keeps `offset + 4` bytes of it.

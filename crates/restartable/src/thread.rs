@@ -100,7 +100,11 @@ pub(crate) struct Process {
 
 pub(crate) fn process() -> &'static Process {
     static P: OnceLock<Process> = OnceLock::new();
-    P.get_or_init(|| Process { glibc: glibc_rseq(), feature_size: sys::rseq_feature_size(), align: sys::rseq_align() })
+    P.get_or_init(|| {
+        let p = Process { glibc: glibc_rseq(), feature_size: sys::rseq_feature_size(), align: sys::rseq_align() };
+        USABLE_LEN.store(compute_usable_len(&p), Ordering::Relaxed);
+        p
+    })
 }
 
 fn glibc_rseq() -> Option<(isize, u32)> {
@@ -289,11 +293,15 @@ fn init_thread() -> State {
     register_own()
 }
 
+fn own_len(p: &Process) -> u32 {
+    p.feature_size.unwrap_or(0).max(abi::RSEQ_ORIG_SIZE) as u32
+}
+
 fn own_shape() -> (u32, usize) {
     let p = process();
-    let len = p.feature_size.unwrap_or(0).max(abi::RSEQ_ORIG_SIZE);
+    let len = own_len(p);
     let align = p.align.unwrap_or(0).max(32).next_power_of_two();
-    (len as u32, align)
+    (len, align)
 }
 
 fn register_own() -> State {
@@ -343,12 +351,27 @@ pub(crate) unsafe fn read_u32(area: *const abi::Rseq, offset: usize) -> u32 {
 /// How many bytes of the area the kernel keeps up to date: decides whether `node_id` and
 /// `mm_cid` can be read.
 pub(crate) fn usable_len() -> usize {
-    let p = process();
+    let _ = process();
+    USABLE_LEN.load(Ordering::Relaxed)
+}
+
+/// [`usable_len`] without making sure the process facts were read: exact for any thread that
+/// has an rseq area (it read them before getting one).
+#[inline(always)]
+pub(crate) fn usable_len_fast() -> usize {
+    USABLE_LEN.load(Ordering::Relaxed)
+}
+
+/// [`usable_len`], computed once when the process facts are read (before any thread gets an
+/// area, so a thread that has an area always sees the final value).
+static USABLE_LEN: AtomicUsize = AtomicUsize::new(0);
+
+fn compute_usable_len(p: &Process) -> usize {
     let kernel = p.feature_size.unwrap_or(20);
     match p.glibc {
         Some((_, size)) if size as usize <= abi::RSEQ_ORIG_SIZE => kernel.min(abi::RSEQ_ORIG_SIZE),
         Some((_, size)) => kernel.min(size as usize),
-        None => kernel.min(own_shape().0 as usize),
+        None => kernel.min(own_len(p) as usize),
     }
 }
 
