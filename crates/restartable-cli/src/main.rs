@@ -6,6 +6,7 @@
 
 mod bench;
 mod info;
+mod stress;
 mod tour;
 
 use std::process::ExitCode;
@@ -31,7 +32,9 @@ enum Command {
     Info(info::Args),
     /// Benchmark per-CPU counters side by side: Counter, raw rseq, atomics, thread-locals, a mutex.
     Bench(bench::Args),
-    // Later: `Stress(stress::Args)` and `Bench(bench::Args)`, each in its own module.
+    /// Stress every collection under contention, delay injection, signals and affinity churn,
+    /// checking conservation exactly (exit 1 on any loss, with the command that reproduces it).
+    Stress(stress::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         None => tour::tour(),
         Some(Command::Info(args)) => info::run(args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Stress(args)) => stress::run(args),
     };
     finish(result)
 }

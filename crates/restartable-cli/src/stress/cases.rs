@@ -1,0 +1,734 @@
+//! The six stress tests. Each runs the workers of a [`Plan`] on one collection while the
+//! remote thread drains, takes or locks other CPUs' data through the guard, and then checks
+//! conservation exactly:
+//!
+//! - `counter`: everything added == everything taken remotely (`take_cpu`) + what is left;
+//! - `spinlock`: per-CPU pairs of plain (non-atomic) counters updated under the lock; every
+//!   remote look sees `b == 2a`, and the totals moved out + left == the lock acquisitions;
+//! - `stack`, `buffer`, `memcpy`: the multiset of items pushed == popped + drained + left
+//!   (+ given back when a buffer is full): every item exactly once, none unknown; `memcpy`
+//!   items also carry a checksum in every word, so a torn copy is caught;
+//! - `remote`: per CPU, a pointer selects the active one of two copies of an array; workers add
+//!   through it (`load_add_load_load_add_store`, the slow path an [`OpVec`] under the stop);
+//!   the remote thread swaps the copies with an op vector (or under a `CpuStop` it holds),
+//!   then checks that the now-inactive copy never changes while it sums and resets it, and
+//!   drains the active copy with an op vector (memcpy out + and 0). Totals must match.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use restartable::guard;
+use restartable::ops::{self, Index, Outcome};
+use restartable::opv::OpVec;
+use restartable::retry::{self, Path};
+use restartable::{Buffer, Counter, MemcpyBuffer, PerCpu, SpinLock, Stack};
+
+use super::harness::{Pacer, Plan, drive};
+
+/// The tests, in the order `--test all` runs them.
+pub const ALL: [Test; 6] = [Test::Counter, Test::Spinlock, Test::Stack, Test::Buffer, Test::Memcpy, Test::Remote];
+
+/// One stress test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Test {
+    Counter,
+    Spinlock,
+    Stack,
+    Buffer,
+    Memcpy,
+    Remote,
+}
+
+impl Test {
+    /// The name `--test` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Test::Counter => "counter",
+            Test::Spinlock => "spinlock",
+            Test::Stack => "stack",
+            Test::Buffer => "buffer",
+            Test::Memcpy => "memcpy",
+            Test::Remote => "remote",
+        }
+    }
+}
+
+/// What a test found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Worker operations.
+    pub ops: u64,
+    /// Rounds of the remote thread (each visits every CPU index once).
+    pub remote_rounds: u64,
+    /// Invariant checks that held.
+    pub checks_passed: u64,
+    /// Broken invariants (at most [`MAX_FAILURES`] messages; `failed` counts them all).
+    pub failures: Vec<String>,
+    /// Number of broken invariants.
+    pub failed: u64,
+}
+
+/// Failure messages kept per test.
+pub const MAX_FAILURES: usize = 10;
+
+impl Found {
+    fn check(&mut self, ok: bool, msg: impl FnOnce() -> String) {
+        if ok {
+            self.checks_passed += 1;
+        } else {
+            self.fail(msg());
+        }
+    }
+
+    fn fail(&mut self, msg: String) {
+        self.failed += 1;
+        if self.failures.len() < MAX_FAILURES {
+            self.failures.push(msg);
+        }
+    }
+
+    fn merge(&mut self, other: Found) {
+        self.checks_passed += other.checks_passed;
+        self.failed += other.failed;
+        for m in other.failures {
+            if self.failures.len() < MAX_FAILURES {
+                self.failures.push(m);
+            }
+        }
+    }
+}
+
+/// Run `test` with index mode `I`. `sabotage` makes the counter test use the library's
+/// deliberately broken op (inject builds only); the other tests ignore it.
+pub fn run<I: Index>(test: Test, plan: &Plan, sabotage: bool) -> std::io::Result<Found> {
+    match test {
+        Test::Counter if sabotage => broken_counter(plan),
+        Test::Counter => counter::<I>(plan),
+        Test::Spinlock => spinlock::<I>(plan),
+        Test::Stack => stack::<I>(plan),
+        Test::Buffer => buffer::<I>(plan),
+        Test::Memcpy => memcpy::<I>(plan),
+        Test::Remote => remote::<I>(plan),
+    }
+}
+
+fn limit() -> usize {
+    guard::limit()
+}
+
+// ---------------------------------------------------------------------------------------------
+// counter
+
+fn counter<I: Index>(plan: &Plan) -> std::io::Result<Found> {
+    let c = Counter::<I>::default();
+    let mut taken = 0u64;
+    let mut remote = Found::default();
+    let run = drive(
+        plan,
+        |_, p: &mut Pacer<'_>| {
+            let mut added = 0u64;
+            while p.next() {
+                let n = p.k() % 7 + 1;
+                c.add(n);
+                added += n;
+            }
+            added
+        },
+        || {
+            for cpu in 0..limit() {
+                match c.take_cpu(cpu) {
+                    Ok(v) => taken = taken.wrapping_add(v),
+                    Err(e) => remote.fail(format!("take_cpu({cpu}) failed: {e}")),
+                }
+            }
+        },
+    )?;
+    let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+    f.merge(remote);
+    let added: u64 = run.results.iter().sum();
+    match c.try_take() {
+        Ok(left) => {
+            let got = taken.wrapping_add(left);
+            f.check(got == added, || {
+                format!("counter: added {added}, but taken remotely {taken} + left {left} = {got}")
+            });
+            f.check(c.sum() == 0, || format!("counter: {} left after the final take", c.sum()));
+        }
+        Err(e) => f.fail(format!("the final take failed: {e}")),
+    }
+    Ok(f)
+}
+
+/// The counter test on raw per-CPU slots with a deliberately broken op that commits twice:
+/// it must fail (this is how the tests show that the harness can fail).
+#[cfg(feature = "inject")]
+fn broken_counter(plan: &Plan) -> std::io::Result<Found> {
+    use restartable::ops::Cpu;
+    let slots: PerCpu<AtomicUsize, Cpu> = PerCpu::new(|_| AtomicUsize::new(0));
+    let mut taken = 0u64;
+    let mut remote = Found::default();
+    let run = drive(
+        plan,
+        |_, p: &mut Pacer<'_>| {
+            let mut added = 0u64;
+            while p.next() {
+                let n = p.k() % 7 + 1;
+                let _ = retry::run::<Cpu, ()>(
+                    |i| match slots.get(i) {
+                        // SAFETY: slot `i` is written only by ops indexed by `i` and under guard
+                        // `i` (the broken op's second add is the bug being demonstrated).
+                        Some(s) => unsafe {
+                            restartable::inject::broken_load_add_store_commits_twice(s, n as usize, i)
+                        },
+                        None => Outcome::Stopped,
+                    },
+                    |stop| {
+                        if let Some(s) = slots.get(stop.index()) {
+                            s.store(s.load(Relaxed).wrapping_add(n as usize), Relaxed);
+                        }
+                    },
+                );
+                added += n;
+            }
+            added
+        },
+        || {
+            for cpu in 0..limit() {
+                match guard::stop::<Cpu>(cpu) {
+                    Ok(_stop) => taken = taken.wrapping_add(slots.get(cpu).map_or(0, |s| s.swap(0, Relaxed)) as u64),
+                    Err(e) => remote.fail(format!("stop({cpu}) failed: {e}")),
+                }
+            }
+        },
+    )?;
+    let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+    f.merge(remote);
+    let added: u64 = run.results.iter().sum();
+    let left: u64 = slots.iter().map(|(_, s)| s.load(Relaxed) as u64).fold(0, u64::wrapping_add);
+    let got = taken.wrapping_add(left);
+    f.check(got == added, || {
+        format!("counter (sabotaged op): added {added}, but taken remotely {taken} + left {left} = {got}")
+    });
+    Ok(f)
+}
+
+#[cfg(not(feature = "inject"))]
+fn broken_counter(_: &Plan) -> std::io::Result<Found> {
+    Err(std::io::Error::other("--sabotage needs the inject feature"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// spinlock
+
+/// Plain counters guarded by the lock: `b` is always `2 * a` when the lock is free.
+#[derive(Debug, Default)]
+struct Pair {
+    a: u64,
+    b: u64,
+}
+
+fn spinlock<I: Index>(plan: &Plan) -> std::io::Result<Found> {
+    let lock = SpinLock::<Pair, I>::default();
+    let (mut moved_a, mut moved_b) = (0u64, 0u64);
+    let mut remote = Found::default();
+    let run = drive(
+        plan,
+        |_, p: &mut Pacer<'_>| {
+            while p.next() {
+                let mut g = lock.lock();
+                // Two read-modify-writes with a gap: lost updates show if the lock is broken.
+                let a = g.a;
+                g.a = std::hint::black_box(a) + 1;
+                let b = g.b;
+                g.b = std::hint::black_box(b) + 2;
+            }
+        },
+        || {
+            for cpu in 0..limit() {
+                match lock.try_lock_cpu(cpu) {
+                    Ok(mut g) => {
+                        let (a, b) = (g.a, g.b);
+                        remote.check(b == 2 * a, || format!("spinlock CPU {cpu}: b = {b} but a = {a} (b != 2a)"));
+                        moved_a += a;
+                        moved_b += b;
+                        g.a = 0;
+                        g.b = 0;
+                    }
+                    Err(e) => remote.fail(format!("lock_cpu({cpu}) failed: {e}")),
+                }
+            }
+        },
+    )?;
+    let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+    f.merge(remote);
+    let (mut left_a, mut left_b) = (0u64, 0u64);
+    for cpu in 0..limit() {
+        match lock.try_lock_cpu(cpu) {
+            Ok(g) => {
+                left_a += g.a;
+                left_b += g.b;
+            }
+            Err(e) => f.fail(format!("final lock_cpu({cpu}) failed: {e}")),
+        }
+    }
+    let ops = run.ops;
+    f.check(moved_a + left_a == ops, || {
+        format!("spinlock: {ops} increments of a, but moved {moved_a} + left {left_a} = {}", moved_a + left_a)
+    });
+    f.check(moved_b + left_b == 2 * ops, || {
+        format!("spinlock: {} added to b, but moved {moved_b} + left {left_b} = {}", 2 * ops, moved_b + left_b)
+    });
+    Ok(f)
+}
+
+// ---------------------------------------------------------------------------------------------
+// items: stack, buffer, memcpy
+
+/// A unique item: the worker in the high bits, its push number below.
+fn item_id(worker: usize, seq: u64) -> u64 {
+    ((worker as u64) << 40) | seq
+}
+
+/// Accounts for every item pushed: each must be seen exactly once.
+struct Ledger {
+    seen: Vec<Vec<bool>>,
+    duplicates: u64,
+    unknown: u64,
+    examples: Vec<String>,
+}
+
+impl Ledger {
+    fn new(pushed: &[u64]) -> Self {
+        Ledger {
+            seen: pushed.iter().map(|&n| vec![false; n as usize]).collect(),
+            duplicates: 0,
+            unknown: 0,
+            examples: Vec::new(),
+        }
+    }
+
+    fn see(&mut self, id: u64, how: &str) {
+        let (w, seq) = ((id >> 40) as usize, (id & ((1 << 40) - 1)) as usize);
+        match self.seen.get_mut(w).and_then(|v| v.get_mut(seq)) {
+            Some(s) if !*s => *s = true,
+            Some(_) => {
+                self.duplicates += 1;
+                if self.examples.len() < 3 {
+                    self.examples.push(format!("item {id:#x} (worker {w}, push {seq}) seen twice, again {how}"));
+                }
+            }
+            None => {
+                self.unknown += 1;
+                if self.examples.len() < 3 {
+                    self.examples.push(format!("unknown item {id:#x} {how}"));
+                }
+            }
+        }
+    }
+
+    /// Three checks: no duplicate, no unknown item, none missing.
+    fn finish(self, what: &str, f: &mut Found) {
+        let pushed: usize = self.seen.iter().map(Vec::len).sum();
+        let missing: usize = self.seen.iter().map(|v| v.iter().filter(|s| !**s).count()).sum();
+        let ex = self.examples.join("; ");
+        f.check(self.duplicates == 0, || format!("{what}: {} items seen twice ({ex})", self.duplicates));
+        f.check(self.unknown == 0, || format!("{what}: {} unknown items ({ex})", self.unknown));
+        f.check(missing == 0, || {
+            let first = self
+                .seen
+                .iter()
+                .enumerate()
+                .find_map(|(w, v)| v.iter().position(|s| !*s).map(|seq| item_id(w, seq as u64)))
+                .unwrap_or(0);
+            format!("{what}: {missing} of {pushed} pushed items lost (first: {first:#x})")
+        });
+    }
+}
+
+/// What an item-moving worker saw.
+#[derive(Default)]
+struct Moved {
+    pushed: u64,
+    popped: Vec<u64>,
+    given_back: Vec<u64>,
+    torn: Vec<String>,
+}
+
+/// Push on two operations of three, pop on the third.
+fn is_push(k: u64) -> bool {
+    k % 3 != 2
+}
+
+/// Check the items seen by workers, the remote thread and the final drain.
+fn account(what: &str, run_results: Vec<Moved>, drained: Vec<u64>, left: Vec<u64>, f: &mut Found) {
+    let pushed: Vec<u64> = run_results.iter().map(|m| m.pushed).collect();
+    let mut ledger = Ledger::new(&pushed);
+    for m in run_results {
+        m.popped.into_iter().for_each(|id| ledger.see(id, "popped"));
+        m.given_back.into_iter().for_each(|id| ledger.see(id, "given back"));
+    }
+    drained.into_iter().for_each(|id| ledger.see(id, "drained"));
+    left.into_iter().for_each(|id| ledger.see(id, "left at the end"));
+    ledger.finish(what, f);
+}
+
+fn stack<I: Index>(plan: &Plan) -> std::io::Result<Found> {
+    let st = Stack::<u64, I>::new();
+    let mut drained = Vec::new();
+    let mut remote = Found::default();
+    let run = drive(
+        plan,
+        |w, p: &mut Pacer<'_>| {
+            let mut m = Moved::default();
+            while p.next() {
+                if is_push(p.k()) {
+                    st.push(item_id(w, m.pushed));
+                    m.pushed += 1;
+                } else if let Some(id) = st.pop() {
+                    m.popped.push(id);
+                }
+            }
+            m
+        },
+        || {
+            for cpu in 0..limit() {
+                match st.drain_cpu(cpu) {
+                    Ok(v) => drained.extend(v),
+                    Err(e) => remote.fail(format!("drain_cpu({cpu}) failed: {e}")),
+                }
+            }
+        },
+    )?;
+    let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+    f.merge(remote);
+    let mut left = Vec::new();
+    for cpu in 0..limit() {
+        match st.drain_cpu(cpu) {
+            Ok(v) => left.extend(v),
+            Err(e) => f.fail(format!("final drain_cpu({cpu}) failed: {e}")),
+        }
+    }
+    account("stack", run.results, drained, left, &mut f);
+    Ok(f)
+}
+
+/// Per-CPU capacity of the buffers: small, so that full buffers (items given back) happen.
+const CAPACITY: usize = 32;
+
+fn buffer<I: Index>(plan: &Plan) -> std::io::Result<Found> {
+    let buf = Buffer::<u64, I>::with_capacity(CAPACITY);
+    let mut drained = Vec::new();
+    let mut remote = Found::default();
+    let run = drive(
+        plan,
+        |w, p: &mut Pacer<'_>| {
+            let mut m = Moved::default();
+            while p.next() {
+                if is_push(p.k()) {
+                    if let Err(back) = buf.push(Box::new(item_id(w, m.pushed))) {
+                        m.given_back.push(*back);
+                    }
+                    m.pushed += 1;
+                } else if let Some(id) = buf.pop() {
+                    m.popped.push(*id);
+                }
+            }
+            m
+        },
+        || {
+            for cpu in 0..limit() {
+                match buf.drain_cpu(cpu) {
+                    Ok(v) => drained.extend(v.into_iter().map(|b| *b)),
+                    Err(e) => remote.fail(format!("drain_cpu({cpu}) failed: {e}")),
+                }
+            }
+        },
+    )?;
+    let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+    f.merge(remote);
+    let mut left = Vec::new();
+    for cpu in 0..limit() {
+        match buf.drain_cpu(cpu) {
+            Ok(v) => left.extend(v.into_iter().map(|b| *b)),
+            Err(e) => f.fail(format!("final drain_cpu({cpu}) failed: {e}")),
+        }
+    }
+    account("buffer", run.results, drained, left, &mut f);
+    Ok(f)
+}
+
+/// A memcpy item: its id in word 0 and a value derived from it in every other word, so that a
+/// copy mixing two items (or a partial copy) is detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Item([u64; 16]);
+
+fn mix(id: u64, k: usize) -> u64 {
+    (id ^ (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).rotate_left(k as u32 * 4 + 1)
+}
+
+impl Item {
+    fn new(id: u64) -> Self {
+        Item(core::array::from_fn(|k| if k == 0 { id } else { mix(id, k) }))
+    }
+
+    /// The id, or a description of the tear.
+    fn id(&self, how: &str) -> Result<u64, String> {
+        let id = self.0[0];
+        match (1..self.0.len()).find(|&k| self.0[k] != mix(id, k)) {
+            None => Ok(id),
+            Some(k) => Err(format!("memcpy: torn item {how}: word 0 is {id:#x} but word {k} is {:#x}", self.0[k])),
+        }
+    }
+}
+
+fn memcpy<I: Index>(plan: &Plan) -> std::io::Result<Found> {
+    let buf = MemcpyBuffer::<Item, I>::with_capacity(CAPACITY);
+    let mut drained = Vec::new();
+    let mut torn = Vec::new();
+    let mut remote = Found::default();
+    let run = drive(
+        plan,
+        |w, p: &mut Pacer<'_>| {
+            let mut m = Moved::default();
+            while p.next() {
+                if is_push(p.k()) {
+                    if let Err(back) = buf.push(Item::new(item_id(w, m.pushed))) {
+                        match back.id("given back") {
+                            Ok(id) => m.given_back.push(id),
+                            Err(e) => m.torn.push(e),
+                        }
+                    }
+                    m.pushed += 1;
+                } else if let Some(item) = buf.pop() {
+                    match item.id("popped") {
+                        Ok(id) => m.popped.push(id),
+                        Err(e) => m.torn.push(e),
+                    }
+                }
+            }
+            m
+        },
+        || {
+            for cpu in 0..limit() {
+                match buf.drain_cpu(cpu) {
+                    Ok(v) => v.iter().for_each(|item| match item.id("drained") {
+                        Ok(id) => drained.push(id),
+                        Err(e) => torn.push(e),
+                    }),
+                    Err(e) => remote.fail(format!("drain_cpu({cpu}) failed: {e}")),
+                }
+            }
+        },
+    )?;
+    let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+    f.merge(remote);
+    let mut left = Vec::new();
+    for cpu in 0..limit() {
+        match buf.drain_cpu(cpu) {
+            Ok(v) => v.iter().for_each(|item| match item.id("left at the end") {
+                Ok(id) => left.push(id),
+                Err(e) => torn.push(e),
+            }),
+            Err(e) => f.fail(format!("final drain_cpu({cpu}) failed: {e}")),
+        }
+    }
+    let mut results = run.results;
+    for m in &mut results {
+        torn.append(&mut m.torn);
+    }
+    // One check for the integrity of every item copied out, then the item accounting.
+    f.check(torn.is_empty(), || format!("memcpy: {} torn items; the first: {}", torn.len(), torn[0]));
+    account("memcpy", results, drained, left, &mut f);
+    Ok(f)
+}
+
+// ---------------------------------------------------------------------------------------------
+// remote: a pointer-selected active copy, swapped and drained through op vectors
+
+/// Cells per copy (a drain vector takes two operations per cell, at most 16 in all).
+const CELLS: usize = 4;
+
+/// One CPU's data: `active` holds the address of `tables[0]` or `tables[1]`; `tables[c][j]`
+/// holds the address of `cells[c][j]`. Workers add to `*tables[active][j]`.
+#[derive(Default)]
+struct Twin {
+    active: AtomicUsize,
+    tables: [[AtomicUsize; CELLS]; 2],
+    cells: [[AtomicUsize; CELLS]; 2],
+}
+
+impl Twin {
+    fn table_addr(&self, c: usize) -> usize {
+        self.tables[c].as_ptr() as usize
+    }
+
+    /// Which copy is active (only the remote thread changes it, so it reads it race-free).
+    fn which(&self) -> usize {
+        usize::from(self.active.load(Relaxed) == self.table_addr(1))
+    }
+
+    fn snapshot(&self, c: usize) -> [usize; CELLS] {
+        core::array::from_fn(|j| self.cells[c][j].load(Relaxed))
+    }
+}
+
+fn remote<I: Index>(plan: &Plan) -> std::io::Result<Found> {
+    let twins: PerCpu<Twin, I> = PerCpu::default();
+    // The slots do not move once the PerCpu exists: wire the pointers now.
+    for (_, t) in twins.iter() {
+        for c in 0..2 {
+            for j in 0..CELLS {
+                t.tables[c][j].store(t.cells[c].as_ptr().wrapping_add(j) as usize, Relaxed);
+            }
+        }
+        t.active.store(t.table_addr(0), Relaxed);
+    }
+    let twins = &twins;
+    let mut taken = 0u64;
+    let mut remote = Found::default();
+    let mut step = 0usize;
+    let run = drive(
+        plan,
+        |w, p: &mut Pacer<'_>| {
+            let (mut added, mut errors) = (0u64, Vec::new());
+            while p.next() {
+                let j = (p.k() as usize + w) % CELLS;
+                let n = p.k() % 5 + 1;
+                let path = retry::run::<I, Result<(), String>>(
+                    |i| match twins.get(i) {
+                        // SAFETY: `active` of index `i` points to a table of pointers to cells
+                        // of index `i`; they are written only by sections indexed by `i` and
+                        // under guard `i` (the remote thread's vectors and stops).
+                        Some(t) => unsafe {
+                            ops::load_add_load_load_add_store::<I>(&t.active, j * size_of::<usize>(), n as usize, i)
+                        },
+                        None => Outcome::Stopped,
+                    },
+                    |stop| {
+                        let t = twins.get(stop.index()).ok_or("stop index out of range")?;
+                        let table = t.active.load(Relaxed) as *const AtomicUsize;
+                        // SAFETY: `active` always holds the address of one of `t`'s tables,
+                        // which live as long as `twins`; `j < CELLS`.
+                        let cell = unsafe { (*table.add(j)).load(Relaxed) };
+                        let mut v = OpVec::new();
+                        v.add(cell as *mut u8, n, size_of::<usize>());
+                        // SAFETY: `cell` is a live, aligned cell of this index, written only by
+                        // sections indexed by it or under its guard, which `stop` holds.
+                        unsafe { v.run_stopped(stop) }.map_err(|e| format!("slow-path op vector failed: {e}"))
+                    },
+                );
+                match path {
+                    Path::Slow(Err(e)) => errors.push(e),
+                    Path::Fast(Outcome::CompareFailed) => errors.push("a compare-free op failed its compare".into()),
+                    _ => added += n,
+                }
+            }
+            (added, errors)
+        },
+        || {
+            for idx in 0..limit() {
+                if let Some(t) = twins.get(idx) {
+                    match step % 3 {
+                        0 => swap_with_vector::<I>(idx, t, &mut taken, &mut remote),
+                        1 => swap_while_stopped::<I>(idx, t, &mut taken, &mut remote),
+                        _ => drain_active::<I>(idx, t, &mut taken, &mut remote),
+                    }
+                }
+                step += 1;
+            }
+        },
+    )?;
+    let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+    f.merge(remote);
+    let mut added = 0u64;
+    for (a, errors) in run.results {
+        added += a;
+        for e in errors {
+            f.fail(e);
+        }
+    }
+    let left: u64 = twins.iter().flat_map(|(_, t)| t.cells.iter().flatten()).map(|c| c.load(Relaxed) as u64).sum();
+    f.check(taken + left == added, || {
+        format!("remote: added {added}, but taken {taken} + left {left} = {}", taken + left)
+    });
+    Ok(f)
+}
+
+/// After a swap: the copy that was active (`old`) must not change any more. Snapshot it, let
+/// the workers run a little, snapshot again, reset it (the swap returns what was there), and
+/// look once more: every look must agree, and the last must be zero.
+fn retire(idx: usize, t: &Twin, old: usize, taken: &mut u64, f: &mut Found) {
+    let first = t.snapshot(old);
+    for _ in 0..2 {
+        std::thread::yield_now();
+    }
+    let second = t.snapshot(old);
+    let reset: [usize; CELLS] = core::array::from_fn(|j| t.cells[old][j].swap(0, Relaxed));
+    std::thread::yield_now();
+    let after = t.snapshot(old);
+    f.check(first == second && second == reset && after == [0; CELLS], || {
+        format!(
+            "remote: the inactive copy {old} of index {idx} changed after the swap: \
+             {first:?}, then {second:?}, reset from {reset:?}, then {after:?}"
+        )
+    });
+    *taken += reset.iter().map(|&v| v as u64).sum::<u64>();
+}
+
+/// Swap the active copy with one op vector on `idx`: compare `active`, xor it to the other
+/// table; then retire the old copy.
+fn swap_with_vector<I: Index>(idx: usize, t: &Twin, taken: &mut u64, f: &mut Found) {
+    let old = t.which();
+    let cur = t.table_addr(old);
+    let flip = t.table_addr(0) ^ t.table_addr(1);
+    let mut v = OpVec::new();
+    v.compare_eq_word(&t.active, &cur).xor_word(&t.active, flip);
+    // SAFETY: `active` is a live, aligned word of index `idx`, written only by this thread's
+    // vectors (under the guard); `cur` is a live local.
+    match unsafe { v.run_on_index::<I>(idx) } {
+        Ok(()) => retire(idx, t, old, taken, f),
+        Err(e) => f.fail(format!("remote: swap vector on index {idx} failed: {e}")),
+    }
+}
+
+/// Stop `idx` with the guard, copy the other table's address into `active` with a vector run
+/// under that stop, and check the old copy both while stopped and after restarting.
+fn swap_while_stopped<I: Index>(idx: usize, t: &Twin, taken: &mut u64, f: &mut Found) {
+    let old = t.which();
+    let new = t.table_addr(1 - old);
+    let stop = match guard::stop::<I>(idx) {
+        Ok(s) => s,
+        Err(e) => return f.fail(format!("remote: stop({idx}) failed: {e}")),
+    };
+    let mut v = OpVec::new();
+    v.memcpy(t.active.as_ptr().cast(), (&raw const new).cast(), size_of::<usize>());
+    // SAFETY: `active` is a live, aligned word of index `idx`, which `stop` holds; `new` is a
+    // live local that does not overlap it.
+    if let Err(e) = unsafe { v.run_stopped(&stop) } {
+        drop(stop);
+        return f.fail(format!("remote: swap under stop on index {idx} failed: {e}"));
+    }
+    let stopped = t.snapshot(old);
+    drop(stop);
+    let before = *taken;
+    retire(idx, t, old, taken, f);
+    let retired = *taken - before;
+    f.check(stopped.iter().map(|&v| v as u64).sum::<u64>() == retired, || {
+        format!("remote: the inactive copy {old} of index {idx} held {stopped:?} while stopped, {retired} later")
+    });
+}
+
+/// Sum and reset the active copy with one vector: copy each cell out, then and it with 0.
+fn drain_active<I: Index>(idx: usize, t: &Twin, taken: &mut u64, f: &mut Found) {
+    let c = t.which();
+    let out: [AtomicUsize; CELLS] = Default::default();
+    let mut v = OpVec::new();
+    for (o, cell) in out.iter().zip(&t.cells[c]) {
+        v.memcpy(o.as_ptr().cast(), cell.as_ptr().cast(), size_of::<usize>()).and_word(cell, 0);
+    }
+    // SAFETY: the cells are live, aligned words of index `idx`, written only by sections indexed
+    // by it and under its guard; `out` is a live local that overlaps none of them.
+    match unsafe { v.run_on_index::<I>(idx) } {
+        Ok(()) => *taken += out.iter().map(|o| o.load(Relaxed) as u64).sum::<u64>(),
+        Err(e) => f.fail(format!("remote: drain vector on index {idx} failed: {e}")),
+    }
+}

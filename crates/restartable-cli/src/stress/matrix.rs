@@ -1,0 +1,499 @@
+//! `restartable stress --matrix quick|full`: every option group x test x index mode x
+//! {fast, degraded}. Each configuration (group, index, mode) runs `--test all --json` in a child
+//! process of this same binary (degraded ones with `RESTARTABLE_FORCE_DEGRADED=1`, since the
+//! mode is decided once per process); a check is one (configuration, test) verification. A
+//! progress bar runs meanwhile, a summary table per option group comes at the end, and every
+//! broken invariant is reported with the exact command line that reproduces it (exit 1).
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+use super::{Args, Config, FORCE_DEGRADED, IndexArg, MatrixArg, cases, default_threads};
+use crate::CmdResult;
+
+/// One option group: the disturbances a configuration adds to the plain run.
+#[derive(Debug, Clone, Default)]
+struct Group {
+    name: String,
+    inject: Option<(u8, u64)>,
+    every: u64,
+    yield_now: bool,
+    signal: bool,
+    sleep_ms: Option<u64>,
+    affinity_churn: bool,
+}
+
+impl Group {
+    fn new(name: impl Into<String>) -> Self {
+        Group { name: name.into(), every: super::DEFAULT_EVERY, ..Group::default() }
+    }
+    fn inject(mut self, point: u8, loops: u64) -> Self {
+        self.inject = Some((point, loops));
+        self
+    }
+    fn every(mut self, m: u64) -> Self {
+        self.every = m;
+        self
+    }
+    fn yields(mut self) -> Self {
+        self.yield_now = true;
+        self
+    }
+    fn signals(mut self) -> Self {
+        self.signal = true;
+        self
+    }
+    fn sleeps(mut self, ms: u64) -> Self {
+        self.sleep_ms = Some(ms);
+        self
+    }
+    fn churns(mut self) -> Self {
+        self.affinity_churn = true;
+        self
+    }
+}
+
+/// The option groups of a matrix size.
+fn groups(size: MatrixArg) -> Vec<Group> {
+    let mut g = vec![Group::new("plain")];
+    match size {
+        MatrixArg::Quick => {
+            g.extend((1..=8).map(|k| Group::new(format!("inject {k}")).inject(k, 20_000)));
+            g.push(Group::new("yield").yields().every(16));
+            g.push(Group::new("signal").signals().every(32));
+            g.push(Group::new("sleep").sleeps(1).every(256));
+            g.push(Group::new("affinity churn").churns());
+            g.push(Group::new("inject 5 + signal").inject(5, 20_000).signals().every(32));
+            g.push(Group::new("inject 3 + yield + churn").inject(3, 20_000).yields().every(16).churns());
+            g.push(Group::new("inject 8 + signal + sleep").inject(8, 20_000).signals().sleeps(1).every(256));
+        }
+        MatrixArg::Full => {
+            for k in 1..=8 {
+                for loops in [1_000, 100_000] {
+                    g.push(Group::new(format!("inject {k} x{loops}")).inject(k, loops));
+                }
+            }
+            for m in [1, 16] {
+                g.push(Group::new(format!("yield /{m}")).yields().every(m));
+            }
+            for m in [4, 64] {
+                g.push(Group::new(format!("signal /{m}")).signals().every(m));
+            }
+            for m in [64, 1024] {
+                g.push(Group::new(format!("sleep 1ms /{m}")).sleeps(1).every(m));
+            }
+            g.push(Group::new("affinity churn").churns());
+            g.push(Group::new("churn + yield").churns().yields().every(16));
+            for k in 1..=8 {
+                g.push(Group::new(format!("inject {k} + signal")).inject(k, 20_000).signals().every(16));
+            }
+            for k in 1..=8 {
+                g.push(Group::new(format!("inject {k} + churn")).inject(k, 20_000).churns());
+            }
+            for k in 1..=8 {
+                g.push(Group::new(format!("inject {k} + yield")).inject(k, 20_000).yields().every(8));
+            }
+            g.push(Group::new("inject 5 + everything").inject(5, 20_000).signals().yields().churns().every(16));
+            g.push(Group::new("sleep + signal").sleeps(1).signals().every(128));
+            g.push(Group::new("inject 7 + sleep").inject(7, 100_000).sleeps(1).every(128));
+        }
+    }
+    g
+}
+
+/// Per-size run lengths.
+struct Params {
+    threads: usize,
+    reps: u64,
+    time_limit: f64,
+    child_timeout: Duration,
+}
+
+fn params(size: MatrixArg, args: &Args) -> Params {
+    let (reps, time_limit, timeout) = match size {
+        MatrixArg::Quick => (50_000, 0.4, 90),
+        MatrixArg::Full => (200_000, 1.0, 300),
+    };
+    Params {
+        threads: args.threads.map_or_else(default_threads, |t| t as usize),
+        reps: if args.reps == super::DEFAULT_REPS { reps } else { args.reps },
+        time_limit: args.time_limit.unwrap_or(time_limit),
+        child_timeout: Duration::from_secs(timeout),
+    }
+}
+
+/// Totals of a group (or of everything).
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    configurations: u64,
+    checks: u64,
+    passed: u64,
+    aborts: u64,
+    slow_path_uses: u64,
+    seconds: f64,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Tally) {
+        self.configurations += o.configurations;
+        self.checks += o.checks;
+        self.passed += o.passed;
+        self.aborts += o.aborts;
+        self.slow_path_uses += o.slow_path_uses;
+        self.seconds += o.seconds;
+    }
+}
+
+/// A broken check: the command that reproduces it and what went wrong.
+struct Failure {
+    command: String,
+    cargo: String,
+    reasons: Vec<String>,
+}
+
+/// Run the matrix.
+pub fn run(size: MatrixArg, args: &Args) -> CmdResult {
+    let p = params(size, args);
+    let all = groups(size);
+    let (groups, skipped): (Vec<Group>, Vec<Group>) =
+        all.into_iter().partition(|g| g.inject.is_none() || super::INJECT);
+    let mut err = io::stderr();
+    if !skipped.is_empty() {
+        writeln!(
+            err,
+            "stress --matrix: skipping {} delay-injection groups: this binary was built without them \
+             (build with `--features inject` to run the whole matrix)",
+            skipped.len()
+        )?;
+    }
+    let mut configs = Vec::new();
+    for g in &groups {
+        for index in [IndexArg::Cpu, IndexArg::MmCid] {
+            for degraded in [false, true] {
+                configs.push((
+                    g.name.clone(),
+                    Config {
+                        test: None,
+                        threads: p.threads,
+                        reps: p.reps,
+                        index,
+                        inject: g.inject,
+                        every: g.every,
+                        yield_now: g.yield_now,
+                        signal: g.signal,
+                        sleep_ms: g.sleep_ms,
+                        affinity_churn: g.affinity_churn,
+                        time_limit: Some(p.time_limit),
+                        degraded,
+                        sabotage: args.sabotage,
+                    },
+                ));
+            }
+        }
+    }
+    let size_name = match size {
+        MatrixArg::Quick => "quick",
+        MatrixArg::Full => "full",
+    };
+    let checks_planned = configs.len() * cases::ALL.len();
+    let tty = io::stderr().is_terminal();
+    writeln!(
+        err,
+        "stress --matrix {size_name}: {} option groups x {} tests x 2 index modes x 2 modes = {} configurations, \
+         {checks_planned} checks ({} threads, {} reps, time limit {} s per test)",
+        groups.len(),
+        cases::ALL.len(),
+        configs.len(),
+        p.threads,
+        p.reps,
+        p.time_limit
+    )?;
+    let bar = if tty {
+        let b = ProgressBar::new(configs.len() as u64);
+        b.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} eta {eta} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let start = Instant::now();
+    let mut rows: Vec<(String, Tally)> = groups.iter().map(|g| (g.name.clone(), Tally::default())).collect();
+    let mut failures = Vec::new();
+    for (n, (group, cfg)) in configs.iter().enumerate() {
+        let label = format!("{group} | {} | {}", cfg.index.name(), if cfg.degraded { "degraded" } else { "fast" });
+        bar.set_message(label.clone());
+        let (tally, fails) = run_child(cfg, &p);
+        if !tty {
+            let status = if fails.is_empty() { "ok" } else { "FAIL" };
+            writeln!(
+                err,
+                "[{}/{}] {status:<4} {label}: {}/{} checks, {:.1} s",
+                n + 1,
+                configs.len(),
+                tally.passed,
+                tally.checks,
+                tally.seconds
+            )?;
+        }
+        for f in &fails {
+            bar.suspend(|| print_failure(&mut io::stderr(), f));
+        }
+        failures.extend(fails);
+        if let Some((_, row)) = rows.iter_mut().find(|(name, _)| name == group) {
+            row.add(&tally);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let wall = start.elapsed().as_secs_f64();
+    let mut total = Tally::default();
+    for (_, r) in &rows {
+        total.add(r);
+    }
+    let mut out = io::stdout().lock();
+    if args.json {
+        let groups: Vec<Value> = rows.iter().map(|(name, t)| tally_json(Some(name), t)).collect();
+        let fails: Vec<Value> =
+            failures.iter().map(|f| json!({ "command": f.command, "cargo": f.cargo, "reasons": f.reasons })).collect();
+        let mut v = tally_json(None, &total);
+        v["matrix"] = json!(size_name);
+        v["wall_seconds"] = json!(wall);
+        v["skipped_groups"] = json!(skipped.iter().map(|g| g.name.clone()).collect::<Vec<_>>());
+        v["groups"] = json!(groups);
+        v["failures"] = json!(fails);
+        v["ok"] = json!(failures.is_empty());
+        writeln!(out, "{v}")?;
+    } else {
+        print_table(&mut out, &rows, &total)?;
+        writeln!(out, "matrix {size_name}: {} of {} checks passed in {wall:.1} s", total.passed, total.checks)?;
+    }
+    out.flush()?;
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        writeln!(err, "stress --matrix {size_name}: {} failed checks; reproduce with:", total.checks - total.passed)?;
+        for f in &failures {
+            writeln!(err, "  {}", f.command)?;
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn tally_json(name: Option<&str>, t: &Tally) -> Value {
+    let mut v = json!({
+        "configurations": t.configurations,
+        "checks": t.checks,
+        "checks_passed": t.passed,
+        "aborts": t.aborts,
+        "slow_path_uses": t.slow_path_uses,
+        "seconds": t.seconds,
+    });
+    if let Some(n) = name {
+        v["group"] = json!(n);
+    }
+    v
+}
+
+fn print_failure(err: &mut impl Write, f: &Failure) {
+    let _ = writeln!(err, "FAILED: {}", f.command);
+    for r in &f.reasons {
+        let _ = writeln!(err, "  {r}");
+    }
+    let _ = writeln!(err, "  (through cargo: {})", f.cargo);
+}
+
+fn print_table(out: &mut impl Write, rows: &[(String, Tally)], total: &Tally) -> io::Result<()> {
+    let w = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(5).max(5);
+    let line = |out: &mut dyn Write, name: &str, t: &Tally| {
+        writeln!(
+            out,
+            "{name:<w$}  {:>7}  {:>5}/{:<5}  {:>9}  {:>9}  {:>8.1}",
+            t.configurations, t.passed, t.checks, t.aborts, t.slow_path_uses, t.seconds
+        )
+    };
+    writeln!(
+        out,
+        "{:<w$}  {:>7}  {:>11}  {:>9}  {:>9}  {:>8}",
+        "group", "configs", "checks", "aborts", "slow path", "seconds"
+    )?;
+    for (name, t) in rows {
+        line(out, name, t)?;
+    }
+    line(out, "total", total)
+}
+
+/// Run one configuration as a child process and read its JSON report.
+fn run_child(cfg: &Config, p: &Params) -> (Tally, Vec<Failure>) {
+    let mut tally = Tally { configurations: 1, checks: cases::ALL.len() as u64, ..Tally::default() };
+    let whole = |reasons: Vec<String>| Failure { command: cfg.command(None), cargo: cfg.cargo_command(None), reasons };
+    let started = Instant::now();
+    let out = match spawn_and_wait(cfg, p.child_timeout) {
+        Ok(o) => o,
+        Err(e) => return (tally, vec![whole(vec![e])]),
+    };
+    tally.seconds = started.elapsed().as_secs_f64();
+    let report: Option<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["tests"].is_array());
+    let Some(report) = report else {
+        let mut reasons = vec![format!("the child ended with {} and printed no report", out.status)];
+        reasons.extend(tail(&out.stderr));
+        return (tally, vec![whole(reasons)]);
+    };
+    let mut failures = Vec::new();
+    let tests = report["tests"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for t in tests {
+        tally.aborts += t["aborts"].as_u64().unwrap_or(0);
+        tally.slow_path_uses += t["slow_path_uses"].as_u64().unwrap_or(0);
+        let name = t["test"].as_str().unwrap_or("?");
+        let test = cases::ALL.iter().copied().find(|x| x.name() == name);
+        if t["ok"].as_bool() == Some(true) {
+            tally.passed += 1;
+        } else {
+            let reasons = t["failures"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            failures.push(Failure { command: cfg.command(test), cargo: cfg.cargo_command(test), reasons });
+        }
+    }
+    if tests.len() != cases::ALL.len() {
+        failures.push(whole(vec![format!("the child reported {} tests, not {}", tests.len(), cases::ALL.len())]));
+    } else if !out.status.success() && failures.is_empty() {
+        let mut reasons = vec![format!("the child ended with {} although every test passed", out.status)];
+        reasons.extend(tail(&out.stderr));
+        failures.push(whole(reasons));
+    }
+    (tally, failures)
+}
+
+/// The last lines of a child's stderr.
+fn tail(stderr: &[u8]) -> Vec<String> {
+    let s = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(8)..].iter().map(|l| format!("stderr: {l}")).collect()
+}
+
+struct ChildOutput {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+fn spawn_and_wait(cfg: &Config, timeout: Duration) -> Result<ChildOutput, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(cfg.args(None)).arg("--json").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if cfg.degraded {
+        cmd.env(FORCE_DEGRADED, "1");
+    } else {
+        cmd.env_remove(FORCE_DEGRADED);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start the child: {e}"))?;
+    let reader = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = reader(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let errs = reader(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Ok(s),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Err(format!("timed out after {} s (a hang: lost wake-up, livelock?)", timeout.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => break Err(format!("waiting for the child failed: {e}")),
+        }
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = errs.join().unwrap_or_default();
+    let status = status?;
+    Ok(ChildOutput { status, stdout, stderr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stress::Test;
+
+    #[test]
+    fn full_matrix_has_more_checks_than_the_c_reference() {
+        let checks = groups(MatrixArg::Full).len() * cases::ALL.len() * 2 * 2;
+        assert!(checks > 1184, "{checks}");
+        let quick = groups(MatrixArg::Quick).len() * cases::ALL.len() * 2 * 2;
+        assert!(quick < checks);
+    }
+
+    #[test]
+    fn every_group_name_is_unique_and_every_point_is_covered() {
+        for size in [MatrixArg::Quick, MatrixArg::Full] {
+            let g = groups(size);
+            let mut names: Vec<&str> = g.iter().map(|g| g.name.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), g.len());
+            for k in 1..=8 {
+                assert!(g.iter().any(|g| g.inject.is_some_and(|(p, _)| p == k)), "point {k}");
+            }
+            assert!(
+                g.iter().any(|g| g.yield_now) && g.iter().any(|g| g.signal) && g.iter().any(|g| g.sleep_ms.is_some())
+            );
+            assert!(g.iter().any(|g| g.affinity_churn));
+            assert!(g.iter().any(|g| g.inject.is_some() && g.signal));
+        }
+    }
+
+    #[test]
+    fn configurations_round_trip_through_the_command_line() {
+        let cfg = Config {
+            test: None,
+            threads: 3,
+            reps: 10,
+            index: IndexArg::MmCid,
+            inject: Some((5, 100)),
+            every: 7,
+            yield_now: true,
+            signal: true,
+            sleep_ms: Some(0),
+            affinity_churn: true,
+            time_limit: Some(0.5),
+            degraded: true,
+            sabotage: false,
+        };
+        let cmd = cfg.command(Some(Test::Memcpy));
+        assert_eq!(
+            cmd,
+            "restartable stress --test memcpy --index mm-cid --threads 3 --reps 10 --inject-point 5 \
+             --inject-loops 100 --every 7 --yield --signal --sleep-ms 0 --affinity-churn --time-limit 0.5 \
+             --force-degraded"
+        );
+        // ... and parses back into the same configuration.
+        use clap::Parser;
+        let argv = std::iter::once("restartable".to_string()).chain(cfg.args(Some(Test::Memcpy)));
+        let cli = crate::Cli::try_parse_from(argv).expect("the reproduce line parses");
+        let Some(crate::Command::Stress(a)) = cli.command else { panic!("not a stress command") };
+        assert_eq!(a.test, super::super::TestArg::Memcpy);
+        assert_eq!((a.threads, a.reps, a.index), (Some(3), 10, IndexArg::MmCid));
+        assert_eq!((a.inject_point, a.inject_loops, a.every), (Some(5), Some(100), Some(7)));
+        assert!(a.yield_now && a.signal && a.affinity_churn && a.force_degraded && !a.sabotage);
+        assert_eq!((a.sleep_ms, a.time_limit), (Some(0), Some(0.5)));
+    }
+}
