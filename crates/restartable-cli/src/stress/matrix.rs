@@ -115,8 +115,8 @@ struct Params {
 
 fn params(size: MatrixArg, args: &Args) -> Params {
     let (reps, time_limit, timeout) = match size {
-        MatrixArg::Quick => (50_000, 0.4, 90),
-        MatrixArg::Full => (200_000, 1.0, 300),
+        MatrixArg::Quick => (200_000, 0.3, 90),
+        MatrixArg::Full => (1_000_000, 1.0, 300),
     };
     Params {
         threads: args.threads.map_or_else(default_threads, |t| t as usize),
