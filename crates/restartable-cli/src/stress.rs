@@ -142,12 +142,16 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, allow_hyphen_values = true)]
     pub time_limit: Option<f64>,
 
-    /// Print one JSON object instead of the table.
+    /// Print one JSON object instead of the table: `config` (with the process's `mode` and the
+    /// `command` that reproduces the run), `tests` (each with `ops`, `checks_passed`,
+    /// `checks_failed`, `aborts` and `slow_path_uses` seen by the retry driver, `opv_runs`,
+    /// `remote_rounds`, `seconds`, `ok`, `failures` and `reproduce`), and `ok`.
     #[arg(long)]
     pub json: bool,
 
     /// Run the whole matrix: every option group x test x index mode x {fast, degraded}, each
-    /// configuration in a child process; a summary table at the end.
+    /// configuration in a child process; a summary table at the end. --threads, --reps and
+    /// --time-limit override the matrix's own; --json prints the summary as one object.
     #[arg(long, value_enum, conflicts_with_all = [
         "test", "index", "inject_point", "inject_loops", "every", "yield_now", "signal", "sleep_ms",
         "affinity_churn", "force_degraded", "list_points",

@@ -40,6 +40,21 @@ struct Shared {
     running: AtomicUsize,
 }
 
+/// Marks a worker finished when dropped (also when it unwinds).
+struct Finish<'a> {
+    shared: &'a Shared,
+    me: usize,
+}
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        self.shared.tids[self.me].store(0, Relaxed);
+        if self.shared.running.fetch_sub(1, SeqCst) == 1 {
+            self.shared.done.store(true, SeqCst);
+        }
+    }
+}
+
 /// A worker's view of its plan: call [`next`](Pacer::next) before each operation.
 pub struct Pacer<'a> {
     plan: &'a Plan,
@@ -206,6 +221,8 @@ pub fn drive<R: Send>(
         for me in 0..plan.threads {
             let spawned = std::thread::Builder::new().name(format!("stress-w{me}")).spawn_scoped(s, move || {
                 shared.tids[me].store(gettid(), Relaxed);
+                // Counts this worker out even if `work` panics, so the remote thread stops.
+                let _finish = Finish { shared, me };
                 while !shared.remote_started.load(SeqCst) {
                     std::thread::yield_now();
                 }
@@ -218,12 +235,7 @@ pub fn drive<R: Send>(
                     rng: 0x9e37_79b9_7f4a_7c15 ^ ((me as u64 + 1) << 17),
                 };
                 let r = work(me, &mut pacer);
-                let ops = pacer.ops();
-                shared.tids[me].store(0, Relaxed);
-                if shared.running.fetch_sub(1, SeqCst) == 1 {
-                    shared.done.store(true, SeqCst);
-                }
-                (r, ops)
+                (r, pacer.ops())
             });
             match spawned {
                 Ok(h) => handles.push(h),
