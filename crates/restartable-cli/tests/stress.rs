@@ -139,6 +139,27 @@ fn without_force_the_mode_is_the_machines() {
     assert_eq!(v["config"]["force_degraded"], false, "{v}");
 }
 
+/// Without rseq (a seccomp filter answers it with ENOSYS, glibc's registration turned off so
+/// the library must register its own), the process is degraded and every test still passes.
+#[test]
+fn without_rseq_every_test_passes_degraded() {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["stress", "--threads", "4", "--reps", "1000", "--signal", "--every", "50", "--json"])
+        .env("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
+        .env_remove("RESTARTABLE_FORCE_DEGRADED");
+    testkit::deny_syscalls_command(&mut cmd, &[(libc::SYS_rseq, libc::ENOSYS)]);
+    let out = cmd.output().expect("run the restartable binary");
+    assert!(out.status.success(), "{}", testkit::describe(&out));
+    let v: Value =
+        serde_json::from_str(&text(&out.stdout)).unwrap_or_else(|e| panic!("{e}: {}", testkit::describe(&out)));
+    assert_eq!(mode_kind(&v), "degraded", "{v}");
+    assert_eq!(v["config"]["force_degraded"], false, "{v}");
+    for t in v["tests"].as_array().expect("tests") {
+        check_test_report(t, Some(4000));
+        assert_eq!(t["aborts"], 0, "{t}");
+    }
+}
+
 #[test]
 fn disturbances_yield_signal_sleep_and_affinity_churn() {
     let v = stress_json(
