@@ -5,6 +5,7 @@
 //! line that reproduces it. `--matrix quick|full` runs the whole grid of options ([`matrix`]).
 
 mod cases;
+pub use cases::ALL;
 mod harness;
 mod matrix;
 

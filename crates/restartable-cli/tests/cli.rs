@@ -144,7 +144,21 @@ fn tour_runs_with_no_subcommand() {
     assert!(out.status.success(), "{}", testkit::describe(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("rseq area"), "{text}");
-    assert!(text.contains("not yet implemented"), "{text}");
+    for test in ["counter", "spinlock", "stack", "buffer", "memcpy", "remote"] {
+        assert!(text.lines().any(|l| l.trim_start().starts_with(test) && l.contains(" ok ")), "{test}: {text}");
+    }
+    assert!(text.contains("Counter::add (degraded mode)"), "the bench table: {text}");
+    let last = text.lines().rev().find(|l| l.starts_with("verified in ")).expect("the verification line");
+    assert!(last.contains("stress checks passed") && last.contains("counted exactly"), "{last}");
+}
+
+#[test]
+fn tour_also_runs_degraded() {
+    let out = restartable(&[], &[("RESTARTABLE_FORCE_DEGRADED", "1")], &[]);
+    assert!(out.status.success(), "{}", testkit::describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("degraded: forced"), "{text}");
+    assert!(text.contains("verified in "), "{text}");
 }
 
 #[test]
