@@ -121,7 +121,6 @@ pub fn run(args: &Args) -> CmdResult {
 /// The bench the tour shows: `threads` x every implementation, [`DEFAULT_ROUNDS`] rounds of
 /// `duration`, and the remote `take()` latency at the largest thread count. The degraded-mode
 /// row re-executes the current executable, so call this from the `restartable` binary.
-#[allow(dead_code, reason = "the tour's entry point into the bench")]
 pub fn run_table(threads: &[usize], duration: Duration) -> Result<Table, String> {
     Config { threads: dedup(threads), duration, rounds: DEFAULT_ROUNDS, remote_take: true }.run()
 }
@@ -426,7 +425,6 @@ pub struct Table {
 
 impl Table {
     /// Print the table on stdout.
-    #[allow(dead_code, reason = "the tour's way to show a table")]
     pub fn print(&self) -> io::Result<()> {
         let mut out = io::stdout().lock();
         self.write(&mut out)?;
