@@ -54,10 +54,7 @@ fn main() -> ExitCode {
 fn finish(result: CmdResult) -> ExitCode {
     match result {
         Ok(code) => code,
-        Err(e)
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -79,17 +76,9 @@ mod tests {
 
     #[test]
     fn parses() {
-        assert!(
-            Cli::try_parse_from(["restartable"])
-                .unwrap()
-                .command
-                .is_none()
-        );
+        assert!(Cli::try_parse_from(["restartable"]).unwrap().command.is_none());
         let c = Cli::try_parse_from(["restartable", "info", "--json"]).unwrap();
-        assert!(matches!(
-            c.command,
-            Some(Command::Info(info::Args { json: true }))
-        ));
+        assert!(matches!(c.command, Some(Command::Info(info::Args { json: true }))));
         assert!(Cli::try_parse_from(["restartable", "info", "--bogus"]).is_err());
         assert!(Cli::try_parse_from(["restartable", "nope"]).is_err());
     }

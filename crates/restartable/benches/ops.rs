@@ -37,16 +37,18 @@ fn counters(c: &mut Criterion) {
         })
     });
     g.bench_function("rseq load_add_store<Cpu> without guard check", |b| {
-        b.iter(|| loop {
-            let cpu = restartable::current_cpu();
-            // SAFETY: slot `cpu` is only written by ops indexed by `cpu`; nothing in this
-            // benchmark takes the slow path on these slots.
-            match unsafe { ops::bench_only::load_add_store_unguarded(&slots[cpu].0, black_box(1), cpu) } {
-                Outcome::Committed => break,
-                Outcome::Aborted => continue,
-                _ => {
-                    slots[cpu].0.fetch_add(1, Ordering::Relaxed);
-                    break;
+        b.iter(|| {
+            loop {
+                let cpu = restartable::current_cpu();
+                // SAFETY: slot `cpu` is only written by ops indexed by `cpu`; nothing in this
+                // benchmark takes the slow path on these slots.
+                match unsafe { ops::bench_only::load_add_store_unguarded(&slots[cpu].0, black_box(1), cpu) } {
+                    Outcome::Committed => break,
+                    Outcome::Aborted => continue,
+                    _ => {
+                        slots[cpu].0.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
                 }
             }
         })
