@@ -3,6 +3,10 @@
 //! compare and an add) on this CPU and on another one — while another thread keeps running
 //! fast paths on every CPU, as a remote drain would meet them.
 //!
+//! The measuring thread is pinned to CPU 0 and a thread adding to a `Counter` to the last CPU,
+//! so "another CPU" always runs one of our threads (the fence must interrupt it), as a remote
+//! drain of a busy CPU would find it.
+//!
 //! A plain harness (not criterion): the quantity of interest is the tail, reported directly.
 
 use std::hint::black_box;
@@ -30,6 +34,16 @@ fn stats(name: &str, mut f: impl FnMut()) {
     println!("{name:<44} median {:>7.2} us   p99 {:>7.2} us   max {:>8.1} us", q(0.5), q(0.99), q(1.0));
 }
 
+/// Pin the calling thread to `cpu` (best effort: a benchmark, not a test).
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it; the call reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; any other argument is a filter we don't need.
     println!("{}", restartable::status().mode);
@@ -41,15 +55,16 @@ fn main() {
     std::thread::scope(|s| {
         // Background fast paths, so fences and stops meet live critical sections.
         s.spawn(|| {
+            pin(cpus - 1);
             while !done.load(Relaxed) {
                 for _ in 0..1000 {
                     counter.add(1);
                 }
-                std::thread::yield_now();
             }
         });
+        pin(0);
         let here = || restartable::current_cpu();
-        let other = || (restartable::current_cpu() + 1) % cpus;
+        let other = || cpus - 1;
         stats("fence: this CPU", || guard::fence(here()).unwrap());
         stats("fence: another CPU", || guard::fence(other()).unwrap());
         stats("fence: all CPUs", || guard::fence_all().unwrap());
