@@ -71,6 +71,8 @@ fn counters(c: &mut Criterion) {
             })
         });
     }
+    let counter = restartable::Counter::new();
+    g.bench_function("Counter::add", |b| b.iter(|| counter.add(black_box(1))));
     g.bench_function("thread-local increment (floor)", |b| {
         b.iter(|| LOCAL.with(|l| l.set(l.get().wrapping_add(black_box(1)))))
     });

@@ -45,6 +45,17 @@ pub(crate) fn word(index: usize) -> Option<&'static AtomicU32> {
     GUARDS.get(index).map(|p| &p.0)
 }
 
+/// The guard word of `index`, without a bounds check.
+///
+/// # Safety
+/// `index < MAX_CPUS` (for example: it indexes a [`PerCpu`](crate::PerCpu), whose length is at
+/// most [`limit`]).
+#[inline(always)]
+pub(crate) unsafe fn word_unchecked(index: usize) -> &'static AtomicU32 {
+    // SAFETY: the caller's contract.
+    unsafe { &GUARDS.get_unchecked(index).0 }
+}
+
 /// The number of guard words in use: [`possible_cpus`](crate::possible_cpus), capped at
 /// [`MAX_CPUS`]. Valid indices are below it.
 pub fn limit() -> usize {

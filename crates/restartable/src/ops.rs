@@ -180,6 +180,24 @@ pub unsafe fn load_add_store<I: Index>(v: *const AtomicUsize, count: usize, inde
     unsafe { arch::load_add_store(I::MM_CID, area, g, i, (*v).as_ptr(), count) }.into()
 }
 
+/// [`load_add_store`] with the area and guard word already looked up (by
+/// [`retry::run_in`](crate::retry) and the collection): the collections' hot path.
+///
+/// # Safety
+/// The [common contract](self#common-safety-contract); `area` is the calling thread's usable
+/// area and `guard` is `index`'s guard word.
+#[inline(always)]
+pub(crate) unsafe fn load_add_store_in<I: Index>(
+    area: *mut crate::abi::Rseq,
+    guard: &core::sync::atomic::AtomicU32,
+    v: &AtomicUsize,
+    count: usize,
+    index: usize,
+) -> Outcome {
+    // SAFETY: the caller's contract.
+    unsafe { arch::load_add_store(I::MM_CID, area, guard, index as u32, v.as_ptr(), count) }.into()
+}
+
 /// `r = *v; if r == expectnot { CompareFailed }; *out = r; *v = *(r + off)` — list pop: `v` is
 /// the head, `off` the offset of the next pointer in a node, `expectnot` the empty marker.
 ///

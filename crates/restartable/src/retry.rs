@@ -35,8 +35,10 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
+use crate::abi::{self, Rseq};
 use crate::guard::{self, CpuStop, GuardError};
 use crate::ops::{Index, Outcome};
+use crate::thread;
 
 /// The default number of consecutive aborts before the slow path.
 pub const DEFAULT_MAX_ABORTS: u32 = 64;
@@ -89,11 +91,34 @@ pub enum Path<T> {
 /// yields and goes back to the fast path, which completes unless it is aborted forever.
 #[inline]
 pub fn run<I: Index, T>(mut fast: impl FnMut(usize) -> Outcome, slow: impl FnOnce(&CpuStop) -> T) -> Path<T> {
+    run_in::<I, T>(|_, index| fast(index), slow)
+}
+
+/// The calling thread's area and current index in mode `I`, or `None` (no usable area, or no
+/// mm_cid from this kernel): one thread-local load and one load of the area.
+#[inline(always)]
+fn cursor<I: Index>() -> Option<(*mut Rseq, usize)> {
+    let area = thread::area();
+    if area.is_null() || (I::MM_CID && thread::usable_len_fast() < abi::OFFSET_MM_CID + 4) {
+        return None;
+    }
+    let offset = if I::MM_CID { abi::OFFSET_MM_CID } else { abi::OFFSET_CPU_ID };
+    // SAFETY: `area` is this thread's live area and the kernel keeps the field up to date.
+    Some((area, unsafe { thread::read_u32(area, offset) } as usize))
+}
+
+/// [`run`] whose fast path also receives the calling thread's rseq area, so that it need not
+/// look it up again (the collections' hot path).
+#[inline(always)]
+pub(crate) fn run_in<I: Index, T>(
+    mut fast: impl FnMut(*mut Rseq, usize) -> Outcome,
+    slow: impl FnOnce(&CpuStop) -> T,
+) -> Path<T> {
     let mut slow = Some(slow);
     loop {
         let mut aborts = 0u32;
-        while let Some(index) = I::current() {
-            match fast(index) {
+        while let Some((area, index)) = cursor::<I>() {
+            match fast(area, index) {
                 o @ (Outcome::Committed | Outcome::CompareFailed) => return Path::Fast(o),
                 Outcome::Stopped => break,
                 Outcome::Aborted => {

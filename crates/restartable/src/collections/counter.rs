@@ -41,10 +41,11 @@ impl<I: Index> Counter<I> {
     #[inline]
     pub fn add(&self, n: u64) {
         let n = n as usize;
-        let _ = retry::run::<I, ()>(
-            |i| match self.slots.get(i) {
-                // SAFETY: slot `i` is written only by sections indexed by `i` and under guard `i`.
-                Some(slot) => unsafe { ops::load_add_store::<I>(slot, n, i) },
+        let _ = retry::run_in::<I, ()>(
+            |area, i| match self.slots.get(i) {
+                // SAFETY: slot `i` is written only by sections indexed by `i` and under guard
+                // `i`; `i < slots.len() <= MAX_CPUS`, so its guard word exists; `area` is ours.
+                Some(slot) => unsafe { ops::load_add_store_in::<I>(area, guard::word_unchecked(i), slot, n, i) },
                 None => ops::Outcome::Stopped,
             },
             |stop| {
