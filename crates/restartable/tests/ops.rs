@@ -94,9 +94,11 @@ fn cbne_store<I: Index>() {
     assert_eq!(o, Some(Outcome::Committed));
     assert_eq!(v.iter().filter(|s| s.load(Relaxed) == 9).count(), 1);
     let before: Vec<usize> = v.iter().map(|s| s.load(Relaxed)).collect();
+    // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
     let o = drive::<I>(|i| unsafe { ops::load_cbne_store::<I>(&v[i], 12345, 1, i) });
     assert_eq!(o, Some(Outcome::CompareFailed));
     assert_eq!(before, v.iter().map(|s| s.load(Relaxed)).collect::<Vec<_>>());
+    // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
     stopped::<I>(|i| unsafe { ops::load_cbne_store::<I>(&v[i], v[i].load(Relaxed), 1000, i) });
     assert!(v.iter().all(|s| s.load(Relaxed) != 1000));
 }
@@ -106,6 +108,7 @@ fn add_store<I: Index>() {
     let v = slots();
     let mut n = 0;
     for k in 1..=100usize {
+        // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
         if drive::<I>(|i| unsafe { ops::load_add_store::<I>(&v[i], k, i) }).is_none() {
             return;
         }
@@ -115,8 +118,10 @@ fn add_store<I: Index>() {
     // Wrapping add.
     let w = AtomicUsize::new(usize::MAX);
     let ws: Vec<&AtomicUsize> = vec![&w; restartable::possible_cpus().max(64)];
+    // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
     assert_eq!(drive::<I>(|i| unsafe { ops::load_add_store::<I>(ws[i], 2, i) }), Some(Outcome::Committed));
     assert_eq!(w.load(Relaxed), 1);
+    // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
     stopped::<I>(|i| unsafe { ops::load_add_store::<I>(&v[i], 1_000_000, i) });
     assert_eq!(v.iter().map(|s| s.load(Relaxed)).sum::<usize>(), n);
 }
@@ -137,6 +142,7 @@ fn cbeq_pop<I: Index>() {
     heads.iter().for_each(|h| h.store(&*a as *const Node as usize, Relaxed));
     let off = std::mem::offset_of!(Node, next);
     let mut out = 0usize;
+    // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
     let o = drive::<I>(|i| unsafe { ops::load_cbeq_store_add_load_store::<I>(&heads[i], 0, off, &mut out, i) });
     if o.is_none() {
         return;
@@ -148,6 +154,7 @@ fn cbeq_pop<I: Index>() {
     // Pop everything on every slot until empty: the empty marker 0 gives CompareFailed.
     let mut pops = 1;
     loop {
+        // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
         match drive::<I>(|i| unsafe { ops::load_cbeq_store_add_load_store::<I>(&heads[i], 0, off, &mut out, i) }) {
             Some(Outcome::Committed) => pops += 1,
             Some(Outcome::CompareFailed) => break,
@@ -159,6 +166,7 @@ fn cbeq_pop<I: Index>() {
     let live = heads.iter().position(|h| h.load(Relaxed) != 0 && h.load(Relaxed) != &*a as *const Node as usize);
     assert!(live.is_none() || heads[live.unwrap()].load(Relaxed) == &*a as *const Node as usize);
     let before: Vec<usize> = heads.iter().map(|h| h.load(Relaxed)).collect();
+    // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
     stopped::<I>(|i| unsafe { ops::load_cbeq_store_add_load_store::<I>(&heads[i], 0, off, &mut out, i) });
     assert_eq!(before, heads.iter().map(|h| h.load(Relaxed)).collect::<Vec<_>>());
     assert_eq!(a.payload + b.payload, 3);
@@ -172,6 +180,7 @@ fn add_through_pointer<I: Index>() {
     let p: Vec<AtomicUsize> = (0..table.len()).map(|_| AtomicUsize::new(table.as_ptr() as usize)).collect();
     let mut n = 0;
     for k in 1..=50 {
+        // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
         let o = drive::<I>(|i| unsafe { ops::load_add_load_load_add_store::<I>(&p[i], i * 8, k, i) });
         if o.is_none() {
             return;
@@ -180,6 +189,7 @@ fn add_through_pointer<I: Index>() {
         n += k;
     }
     assert_eq!(counters.iter().map(|c| c.load(Relaxed)).sum::<usize>(), n);
+    // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
     stopped::<I>(|i| unsafe { ops::load_add_load_load_add_store::<I>(&p[i], i * 8, 1000, i) });
     assert_eq!(counters.iter().map(|c| c.load(Relaxed)).sum::<usize>(), n);
 }
@@ -192,6 +202,7 @@ fn double_compare<I: Index>() {
     v2.iter().for_each(|s| s.store(2, Relaxed));
     // First compare fails, second compare fails, both succeed.
     for (e, e2, want) in [(5, 2, Outcome::CompareFailed), (1, 5, Outcome::CompareFailed), (1, 2, Outcome::Committed)] {
+        // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
         let o = drive::<I>(|i| unsafe { ops::load_cbne_load_cbne_store::<I>(&v[i], e, &v2[i], e2, 3, i) });
         if o.is_none() {
             return;
@@ -200,6 +211,7 @@ fn double_compare<I: Index>() {
     }
     assert_eq!(v.iter().filter(|s| s.load(Relaxed) == 3).count(), 1);
     assert!(v2.iter().all(|s| s.load(Relaxed) == 2));
+    // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
     stopped::<I>(|i| unsafe { ops::load_cbne_load_cbne_store::<I>(&v[i], v[i].load(Relaxed), &v2[i], 2, 99, i) });
     assert!(v.iter().all(|s| s.load(Relaxed) != 99));
 }
@@ -208,16 +220,19 @@ for_modes!(load_cbne_load_cbne_store, double_compare);
 fn store_store<I: Index, O: Order>() {
     let count = slots();
     let item = slots();
+    // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
     let o = drive::<I>(|i| unsafe { ops::load_cbne_store_store::<I, O>(&count[i], 1, &item[i], 42, 2, i) });
     if o.is_none() {
         return;
     }
     assert_eq!(o, Some(Outcome::CompareFailed));
     assert!(item.iter().all(|s| s.load(Relaxed) == 0), "nothing stored on compare failure");
+    // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
     let o = drive::<I>(|i| unsafe { ops::load_cbne_store_store::<I, O>(&count[i], 0, &item[i], 42, 1, i) });
     assert_eq!(o, Some(Outcome::Committed));
     let c = count.iter().position(|s| s.load(Relaxed) == 1).expect("committed count");
     assert_eq!(item[c].load(Relaxed), 42);
+    // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
     stopped::<I>(|i| unsafe {
         ops::load_cbne_store_store::<I, O>(&count[i], count[i].load(Relaxed), &item[i], 7, 77, i)
     });
@@ -231,6 +246,7 @@ fn memcpy_store<I: Index, O: Order>() {
     let bufs: Vec<Vec<AtomicU8>> =
         (0..count.len()).map(|_| (0..LEN + 1).map(|_| AtomicU8::new(0xee)).collect()).collect();
     let src: Vec<u8> = (0..LEN as u32).map(|x| (x * 7 + 3) as u8).collect();
+    // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
     let o = drive::<I>(|i| unsafe {
         ops::load_cbne_memcpy_store::<I, O>(&count[i], 5, bufs[i].as_ptr(), src.as_ptr(), LEN, 1, i)
     });
@@ -240,6 +256,7 @@ fn memcpy_store<I: Index, O: Order>() {
     assert_eq!(o, Some(Outcome::CompareFailed));
     assert!(bufs.iter().flatten().all(|b| b.load(Relaxed) == 0xee));
     for len in [0, 1, 8, LEN] {
+        // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
         let o = drive::<I>(|i| unsafe {
             ops::load_cbne_memcpy_store::<I, O>(
                 &count[i],
@@ -257,6 +274,7 @@ fn memcpy_store<I: Index, O: Order>() {
         assert_eq!(got, &src[..len]);
         assert_eq!(bufs[c][LEN].load(Relaxed), 0xee, "no byte past len is written");
     }
+    // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
     stopped::<I>(|i| unsafe {
         ops::load_cbne_memcpy_store::<I, O>(&count[i], count[i].load(Relaxed), bufs[i].as_ptr(), src.as_ptr(), 1, 5, i)
     });
