@@ -407,6 +407,29 @@ impl TestReport {
     pub fn ok(&self) -> bool {
         self.found.failed == 0
     }
+
+    /// The column titles of [`row`](Self::row).
+    pub fn header() -> String {
+        format!(
+            "{:<9} {:>4} {:>10} {:>7} {:>7} {:>9} {:>7} {:>8}",
+            "test", "ok", "ops", "checks", "aborts", "slow path", "op vecs", "seconds"
+        )
+    }
+
+    /// One line of the text report (also used by the tour).
+    pub fn row(&self) -> String {
+        format!(
+            "{:<9} {:>4} {:>10} {:>7} {:>7} {:>9} {:>7} {:>8.2}",
+            self.test.name(),
+            if self.ok() { "ok" } else { "FAIL" },
+            self.found.ops,
+            self.found.checks_passed,
+            self.aborts,
+            self.slow_path_uses,
+            self.opv_runs,
+            self.seconds
+        )
+    }
 }
 
 /// A whole run's result.
@@ -450,24 +473,9 @@ impl Report {
     fn print(&self, cfg: &Config, out: &mut impl Write) -> io::Result<()> {
         writeln!(out, "{}", cfg.command(None))?;
         writeln!(out, "mode: {}", restartable::mode())?;
-        writeln!(
-            out,
-            "{:<9} {:>4} {:>10} {:>7} {:>7} {:>9} {:>7} {:>8}",
-            "test", "ok", "ops", "checks", "aborts", "slow path", "op vecs", "seconds"
-        )?;
+        writeln!(out, "{}", TestReport::header())?;
         for t in &self.tests {
-            writeln!(
-                out,
-                "{:<9} {:>4} {:>10} {:>7} {:>7} {:>9} {:>7} {:>8.2}",
-                t.test.name(),
-                if t.ok() { "ok" } else { "FAIL" },
-                t.found.ops,
-                t.found.checks_passed,
-                t.aborts,
-                t.slow_path_uses,
-                t.opv_runs,
-                t.seconds
-            )?;
+            writeln!(out, "{}", t.row())?;
         }
         let passed = self.tests.iter().filter(|t| t.ok()).count();
         writeln!(out, "stress: {passed} of {} tests passed", self.tests.len())

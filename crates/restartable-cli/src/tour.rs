@@ -30,6 +30,7 @@ pub fn tour() -> CmdResult {
         "== a short stress of every collection: {threads} threads, {STRESS_REPS} operations each, a remote \
          thread draining other CPUs (restartable stress) =="
     )?;
+    writeln!(out, "  {}", stress::TestReport::header())?;
     out.flush()?;
     let bar = if io::stderr().is_terminal() {
         let b = ProgressBar::new(stress::ALL.len() as u64);
@@ -62,18 +63,7 @@ pub fn tour() -> CmdResult {
         };
         let report = stress::run_config(&cfg)?;
         for t in &report.tests {
-            bar.suspend(|| {
-                println!(
-                    "  {:<9} {:<4} {:>9} ops  {:>6} checks  {:>6} aborts  {:>6} slow-path uses  {:.2} s",
-                    t.test.name(),
-                    if t.ok() { "ok" } else { "FAIL" },
-                    t.found.ops,
-                    t.found.checks_passed,
-                    t.aborts,
-                    t.slow_path_uses,
-                    t.seconds
-                )
-            });
+            bar.suspend(|| println!("  {}", t.row()));
             checks += t.found.checks_passed;
             ops += t.found.ops;
             aborts += t.aborts;
