@@ -76,7 +76,7 @@ fn unavailable_json(u: &Unavailable) -> Value {
     json!({ "errno": u.errno, "errno_name": u.errno_name(), "reason": u.reason })
 }
 
-/// `{"kind": "fast"}` or `{"kind": "degraded", "why": "no_rseq"|"no_fence"|"forced", ...}`,
+/// `{"kind": "fast"}` or `{"kind": "degraded", "why": "no_rseq"|"no_fence"|"forced"|"portable", ...}`,
 /// both with `"description"` (the library's sentence).
 fn mode_json(m: &Mode) -> Value {
     let mut v = match m {
@@ -91,6 +91,8 @@ fn mode_json(m: &Mode) -> Value {
             "errno_name": errno.map(restartable::sys::errno_name),
         }),
         Mode::Degraded(Degraded::Forced) => json!({ "kind": "degraded", "why": "forced" }),
+        Mode::Degraded(Degraded::Portable) => json!({ "kind": "degraded", "why": "portable" }),
+        Mode::Degraded(_) => json!({ "kind": "degraded", "why": "other" }),
     };
     v["description"] = json!(m.to_string());
     v

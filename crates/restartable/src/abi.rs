@@ -1,6 +1,8 @@
 //! The kernel's rseq ABI for x86_64, as `include/uapi/linux/rseq.h` defines it.
 //!
-//! Nothing here calls the kernel; the layouts are checked at compile time, field by field.
+//! Nothing here calls the kernel; the layouts are checked at compile time, field by field. The
+//! membarrier(2) commands are rustix's `MembarrierCommand` / `MembarrierQuery`, and system call
+//! numbers are the `libc` crate's.
 
 use core::mem::{align_of, offset_of, size_of};
 
@@ -93,49 +95,6 @@ pub const AT_RSEQ_FEATURE_SIZE: u64 = 27;
 /// `getauxval` key: the alignment the kernel wants for the area.
 pub const AT_RSEQ_ALIGN: u64 = 28;
 
-/// System call numbers (x86_64).
-pub const SYS_RSEQ: i64 = 334;
-/// System call numbers (x86_64).
-pub const SYS_MEMBARRIER: i64 = 324;
-
-/// `membarrier(2)` commands and flags.
-pub mod membarrier {
-    /// `MEMBARRIER_CMD_QUERY`
-    pub const CMD_QUERY: u32 = 0;
-    /// `MEMBARRIER_CMD_GLOBAL`
-    pub const CMD_GLOBAL: u32 = 1 << 0;
-    /// `MEMBARRIER_CMD_GLOBAL_EXPEDITED`
-    pub const CMD_GLOBAL_EXPEDITED: u32 = 1 << 1;
-    /// `MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED`
-    pub const CMD_REGISTER_GLOBAL_EXPEDITED: u32 = 1 << 2;
-    /// `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-    pub const CMD_PRIVATE_EXPEDITED: u32 = 1 << 3;
-    /// `MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED`
-    pub const CMD_REGISTER_PRIVATE_EXPEDITED: u32 = 1 << 4;
-    /// `MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE`
-    pub const CMD_PRIVATE_EXPEDITED_SYNC_CORE: u32 = 1 << 5;
-    /// `MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE`
-    pub const CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: u32 = 1 << 6;
-    /// `MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ`
-    pub const CMD_PRIVATE_EXPEDITED_RSEQ: u32 = 1 << 7;
-    /// `MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ`
-    pub const CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ: u32 = 1 << 8;
-    /// `MEMBARRIER_CMD_GET_REGISTRATIONS`
-    pub const CMD_GET_REGISTRATIONS: u32 = 1 << 9;
-    /// `MEMBARRIER_CMD_FLAG_CPU`: target the CPU given as the third argument.
-    pub const CMD_FLAG_CPU: u32 = 1;
-
-    /// Every command bit with its name, for decoding a `CMD_QUERY` answer.
-    pub const NAMES: &[(u32, &str)] = &[
-        (CMD_GLOBAL, "GLOBAL"),
-        (CMD_GLOBAL_EXPEDITED, "GLOBAL_EXPEDITED"),
-        (CMD_REGISTER_GLOBAL_EXPEDITED, "REGISTER_GLOBAL_EXPEDITED"),
-        (CMD_PRIVATE_EXPEDITED, "PRIVATE_EXPEDITED"),
-        (CMD_REGISTER_PRIVATE_EXPEDITED, "REGISTER_PRIVATE_EXPEDITED"),
-        (CMD_PRIVATE_EXPEDITED_SYNC_CORE, "PRIVATE_EXPEDITED_SYNC_CORE"),
-        (CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE, "REGISTER_PRIVATE_EXPEDITED_SYNC_CORE"),
-        (CMD_PRIVATE_EXPEDITED_RSEQ, "PRIVATE_EXPEDITED_RSEQ"),
-        (CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, "REGISTER_PRIVATE_EXPEDITED_RSEQ"),
-        (CMD_GET_REGISTRATIONS, "GET_REGISTRATIONS"),
-    ];
-}
+/// The largest number of CPUs (and so of concurrency ids) the library supports: the kernel's
+/// `NR_CPUS` limit on x86_64 (`CONFIG_MAXSMP`).
+pub const MAX_CPUS: usize = 8192;

@@ -1,68 +1,126 @@
-//! Per-CPU guard words and the membarrier rseq fence: how one CPU's fast paths are stopped.
+//! Guard words and the membarrier rseq fence: how an index's fast paths are stopped.
 //!
-//! Every critical section reads the guard word of the CPU (or mm_cid) it indexes, right after
-//! checking that it still runs there; a non-zero word makes it leave with
-//! [`Outcome::Stopped`](crate::ops::Outcome::Stopped). The slow path for index `c`
-//! (DESIGN.md section 4) is:
+//! Every critical section reads a guard word of the index (CPU or mm_cid) it runs on, right
+//! after checking that it still runs there; a non-zero word makes it leave with
+//! [`Outcome::Stopped`](crate::ops::Outcome::Stopped). Guard words live with the data they
+//! protect: each per-CPU structure has one per index, in the same cache line as that index's
+//! data, so stopping one structure's CPU leaves every other structure on that CPU running. One
+//! process-wide array ([`stop`], [`limit`]) serves the raw op set ([`ops`](crate::ops)) and
+//! [`OpVec`](crate::opv::OpVec).
 //!
-//! 1. acquire `guard[c]` (compare-exchange 0 → owner, bounded spinning, then a futex wait);
+//! The slow path for index `c` (DESIGN.md section 4):
+//!
+//! 1. acquire the guard word (compare-exchange 0 → owner, bounded spinning, then a futex wait);
 //! 2. fence: `membarrier(PRIVATE_EXPEDITED_RSEQ, FLAG_CPU, c)` restarts any section running on
 //!    `c` that read the guard as zero before step 1 (all CPUs for [`MmCid`](crate::ops::MmCid));
-//! 3. operate with plain atomic accesses;
-//! 4. release `guard[c]` (store-release 0, wake a waiter).
+//! 3. operate with atomic accesses;
+//! 4. release the word (store-release 0, wake a waiter).
 //!
-//! [`stop`] does steps 1-2 and returns a [`CpuStop`] whose drop is step 4. In
-//! [degraded mode](crate::Mode) no fast path runs, so step 2 is skipped and the guard is a plain
-//! per-CPU lock.
+//! In [degraded mode](crate::Mode) no fast path runs, so step 2 is skipped and the guard is a
+//! plain per-CPU lock.
+//!
+//! # The rules that keep the slow path safe
+//!
+//! - **Nothing allocates, frees, drops a user value or calls user code while a guard is held.**
+//!   Drains collect under the guard into memory that exists before it is taken, and free or
+//!   return items after releasing it. So a global allocator, a `Drop` or a signal handler that
+//!   uses this library never runs inside one of its guards.
+//! - **A thread never waits for a guard while it holds one.** A thread that holds a guard (its
+//!   own slow path, interrupted by a signal handler, or user code holding a [`Stop`]) only ever
+//!   *tries* guards: a collection's operation then completes on the structure's spare index
+//!   (a slot no fast path uses, updated lock-free), or gives its "nothing now" answer (`pop`
+//!   finds nothing, `push` to a bounded buffer reports it full), and a remote operation skips
+//!   (or reports [`GuardError::Busy`] for) the indices it could only wait for. Nested operations
+//!   therefore never deadlock, on their own thread or in a cycle with other threads'.
+//! - **First use is re-entrant and allocates nothing**: an operation that interrupts its own
+//!   thread's first use takes the same no-wait path.
+//! - **`fork` leaves no guard held by a thread that does not exist**: a guard word names its
+//!   owner and the fork generation it was taken in; in a child, a word taken in an older
+//!   generation is free (every slow path leaves its data consistent at every instruction: it
+//!   prepares in unpublished memory and commits with one store).
 
+use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU32, Ordering};
 use std::fmt;
 use std::io;
 
-use crate::ops::Index;
-use crate::{sys, thread};
+use crossbeam_utils::CachePadded;
 
-/// The largest number of CPUs (or concurrency ids) the guard array covers: the kernel's
-/// `NR_CPUS` limit on x86_64 (`CONFIG_MAXSMP`). The array lives in `.bss`, so untouched pages
-/// cost nothing.
-pub const MAX_CPUS: usize = 8192;
+pub use crate::abi::MAX_CPUS;
+use crate::cpu::Index;
+use crate::{arch, sys, thread};
 
 /// Set in a guard word when a thread may be sleeping on it.
 const WAITERS: u32 = 1 << 31;
+/// Bits of a token that hold the owner's thread id (PID_MAX_LIMIT is 2^22).
+const TID_BITS: u32 = 22;
+/// The fork-generation bits of a token (above the thread id, below WAITERS).
+const GENERATION_MASK: u32 = 0x1ff;
 /// Compare-exchange attempts before sleeping on the futex.
 const SPINS: u32 = 200;
 
-/// One guard word, alone on a 128-byte line (two cache lines: the adjacent-line prefetcher
-/// pairs them on x86_64).
-#[repr(C, align(128))]
-pub(crate) struct Padded(pub(crate) AtomicU32);
+/// One guard word: 0 when free, else the owner's token (thread id and fork generation), with
+/// [`WAITERS`] when someone may sleep on it.
+#[derive(Debug, Default)]
+#[repr(transparent)]
+pub(crate) struct Guard(AtomicU32);
 
-pub(crate) static GUARDS: [Padded; MAX_CPUS] = [const { Padded(AtomicU32::new(0)) }; MAX_CPUS];
+impl Guard {
+    pub(crate) const fn new() -> Self {
+        Guard(AtomicU32::new(0))
+    }
 
-/// The guard word of `index`, or `None` past [`MAX_CPUS`].
-#[inline(always)]
-pub(crate) fn word(index: usize) -> Option<&'static AtomicU32> {
-    GUARDS.get(index).map(|p| &p.0)
+    /// The word the critical sections read.
+    #[inline(always)]
+    pub(crate) fn word(&self) -> *const AtomicU32 {
+        &self.0
+    }
+
+    /// Whether the word is set now (a snapshot).
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != 0
+    }
+
+    /// Stop index `index` (in mode `I`) for the data this guard protects: acquire the word and
+    /// fence (steps 1 and 2 above).
+    pub(crate) fn stop<I: Index>(&self, index: usize) -> Result<Stop<'_>, GuardError> {
+        let fast = match thread::ready() {
+            thread::Ready::Done(mode) => mode.is_fast(),
+            // Inside this thread's own first use: no fast path has run yet, and none will until
+            // the decision is published, but this thread may not wait for anything.
+            thread::Ready::Nested => return Err(GuardError::Busy { index }),
+        };
+        acquire(&self.0, index)?;
+        let stop = Stop { guard: &self.0, index, _not_send: PhantomData };
+        #[cfg(feature = "inject")]
+        crate::inject::delay(7);
+        if fast {
+            let fenced = if I::MM_CID { fence_all() } else { fence(index) };
+            fenced.map_err(GuardError::Fence)?; // dropping `stop` releases the word
+        }
+        #[cfg(feature = "inject")]
+        crate::inject::delay(8);
+        Ok(stop)
+    }
 }
 
-/// The guard word of `index`, without a bounds check.
-///
-/// # Safety
-/// `index < MAX_CPUS` (for example: it indexes a [`PerCpu`](crate::PerCpu), whose length is at
-/// most [`limit`]).
+/// The process-wide guard words of the raw op set, one per possible index. In `.bss`, so
+/// untouched pages cost nothing.
+static GUARDS: [CachePadded<Guard>; MAX_CPUS] = [const { CachePadded::new(Guard::new()) }; MAX_CPUS];
+
+/// The process-wide guard of `index`, or `None` past [`MAX_CPUS`].
 #[inline(always)]
-pub(crate) unsafe fn word_unchecked(index: usize) -> &'static AtomicU32 {
-    // SAFETY: the caller's contract.
-    unsafe { &GUARDS.get_unchecked(index).0 }
+pub(crate) fn global(index: usize) -> Option<&'static Guard> {
+    GUARDS.get(index).map(|g| &**g)
 }
 
-/// The number of guard words in use: [`possible_cpus`](crate::possible_cpus), capped at
-/// [`MAX_CPUS`]. Valid indices are below it.
+/// The number of indices: [`possible_cpus`](crate::possible_cpus), capped at [`MAX_CPUS`].
+/// Valid indices are below it.
 pub fn limit() -> usize {
-    sys::possible_cpus().min(MAX_CPUS)
+    thread::limit()
 }
 
-/// Why a CPU could not be stopped.
+/// Why an index could not be stopped.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum GuardError {
@@ -75,6 +133,13 @@ pub enum GuardError {
     },
     /// The membarrier rseq fence failed (the guard was released again).
     Fence(io::Error),
+    /// The guard is held by another operation, and this thread may not wait for it: it holds a
+    /// guard itself (a signal handler or hook interrupted one of its operations, or it holds a
+    /// [`Stop`]).
+    Busy {
+        /// The index asked for.
+        index: usize,
+    },
 }
 
 impl fmt::Display for GuardError {
@@ -84,6 +149,11 @@ impl fmt::Display for GuardError {
                 write!(f, "CPU index {index} is out of range (this machine has {limit} possible CPUs)")
             }
             GuardError::Fence(e) => write!(f, "membarrier rseq fence failed: {e}"),
+            GuardError::Busy { index } => write!(
+                f,
+                "CPU index {index} is held by another operation, and this thread may not wait for it because it \
+                 holds a guard itself (a signal handler or hook interrupted one of its operations)"
+            ),
         }
     }
 }
@@ -92,34 +162,46 @@ impl std::error::Error for GuardError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             GuardError::Fence(e) => Some(e),
-            GuardError::OutOfRange { .. } => None,
+            _ => None,
         }
     }
 }
 
-/// A stopped CPU (or mm_cid): while this value lives, no critical section indexed by it can
-/// commit, and no other slow path can operate on it. Dropping it restarts the CPU.
-#[must_use = "dropping a CpuStop restarts the CPU at once"]
-#[derive(Debug)]
-pub struct CpuStop {
+/// A stopped index: while this value lives, no critical section on that index can commit to
+/// the data its guard protects, and no other slow path can operate on it. Dropping it restarts
+/// the index. It stays on the thread that took it (the thread's held-guard count is per thread).
+#[must_use = "dropping a Stop restarts the index at once"]
+pub struct Stop<'a> {
+    guard: &'a AtomicU32,
     index: usize,
+    _not_send: PhantomData<*const ()>,
 }
 
-impl CpuStop {
+/// A stopped index of the process-wide guard array ([`stop`]).
+pub type CpuStop = Stop<'static>;
+
+impl Stop<'_> {
     /// The stopped index.
     pub fn index(&self) -> usize {
         self.index
     }
 }
 
-impl Drop for CpuStop {
-    fn drop(&mut self) {
-        release(&GUARDS[self.index].0);
+impl fmt::Debug for Stop<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stop").field("index", &self.index).finish()
     }
 }
 
-/// Stop index `index` of mode `I` (steps 1 and 2 above): wait for its guard, set it, and fence
-/// so that every section on it that could still commit has been restarted.
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        release(self.guard);
+    }
+}
+
+/// Stop index `index` of mode `I` in the process-wide guard array (steps 1 and 2 above): wait
+/// for its guard, set it, and fence so that every section on it that could still commit has
+/// been restarted.
 ///
 /// ```
 /// use restartable::ops::Cpu;
@@ -129,23 +211,10 @@ impl Drop for CpuStop {
 /// ```
 pub fn stop<I: Index>(index: usize) -> Result<CpuStop, GuardError> {
     let limit = limit();
-    if index >= limit {
-        return Err(GuardError::OutOfRange { index, limit });
+    match global(index) {
+        Some(g) if index < limit => g.stop::<I>(index),
+        _ => Err(GuardError::OutOfRange { index, limit }),
     }
-    let w = &GUARDS[index].0;
-    acquire(w);
-    #[cfg(feature = "inject")]
-    crate::arch::inject::delay(7);
-    if thread::mode().is_fast() {
-        let fenced = if I::MM_CID { fence_all() } else { fence(index) };
-        if let Err(e) = fenced {
-            release(w);
-            return Err(GuardError::Fence(e));
-        }
-    }
-    #[cfg(feature = "inject")]
-    crate::arch::inject::delay(8);
-    Ok(CpuStop { index })
 }
 
 /// The rseq fence on one CPU: when it returns, every critical section of this process that was
@@ -161,40 +230,69 @@ pub fn fence_all() -> io::Result<()> {
     sys::membarrier_rseq_all()
 }
 
-/// Whether `index`'s guard word is set now (a snapshot, for tests and reports).
+/// Whether `index`'s process-wide guard word is set now (a snapshot, for tests and reports).
 pub fn is_stopped(index: usize) -> bool {
-    word(index).is_some_and(|w| w.load(Ordering::Relaxed) != 0)
+    global(index).is_some_and(Guard::is_set)
 }
 
+/// How many guard words the calling thread holds now.
+pub fn held() -> u32 {
+    block().held.load(Ordering::Relaxed)
+}
+
+fn block() -> &'static arch::ThreadBlock {
+    // SAFETY: the calling thread's block lives as long as the thread; the reference is used at
+    // once and never leaves it.
+    unsafe { &*arch::thread_block() }
+}
+
+/// The calling thread's owner token: its thread id and the fork generation, never 0.
 fn token() -> u32 {
-    std::thread_local! {
-        static TOKEN: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+    let b = block();
+    let generation = thread::generation();
+    let t = b.token.load(Ordering::Relaxed);
+    if t != 0 && b.token_generation.load(Ordering::Relaxed) == generation {
+        return t;
     }
-    // The thread id, read once per thread (a system call). A thread id is below 2^22
-    // (PID_MAX_LIMIT), so it never collides with WAITERS, and never 0.
-    TOKEN.with(|t| {
-        if t.get() == 0 {
-            t.set((rustix::thread::gettid().as_raw_nonzero().get() as u32 & !WAITERS).max(1));
-        }
-        t.get()
-    })
+    // A thread id is below 2^22 (PID_MAX_LIMIT) and never 0.
+    let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32 & ((1 << TID_BITS) - 1);
+    let t = ((generation & GENERATION_MASK) << TID_BITS) | tid.max(1);
+    b.token.store(t, Ordering::Relaxed);
+    b.token_generation.store(generation, Ordering::Relaxed);
+    t
 }
 
-fn acquire(w: &AtomicU32) {
+/// Whether a set word was taken in an older fork generation: its owner does not exist here.
+fn stale(word: u32) -> bool {
+    let owner = word & !WAITERS;
+    owner != 0 && (owner >> TID_BITS) & GENERATION_MASK != thread::generation() & GENERATION_MASK
+}
+
+/// Take `w` for the calling thread. A thread that holds a guard already only tries.
+fn acquire(w: &AtomicU32, index: usize) -> Result<(), GuardError> {
     let me = token();
+    let b = block();
+    let nested = b.held.load(Ordering::Relaxed) > 0;
+    let take = |cur: u32, new: u32| w.compare_exchange(cur, new, Ordering::SeqCst, Ordering::Relaxed).is_ok();
     for _ in 0..SPINS {
-        if w.load(Ordering::Relaxed) == 0 && w.compare_exchange_weak(0, me, Ordering::SeqCst, Ordering::Relaxed).is_ok()
-        {
-            return;
+        let cur = w.load(Ordering::Relaxed);
+        if (cur == 0 && take(0, me)) || (stale(cur) && take(cur, me | (cur & WAITERS))) {
+            b.held.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if nested || cur & !WAITERS == me {
+            // Never wait while holding a guard, and never for one's own.
+            return Err(GuardError::Busy { index });
         }
         core::hint::spin_loop();
     }
     loop {
         let old = w.fetch_or(WAITERS, Ordering::SeqCst);
-        if old == 0 {
+        if old == 0 || (stale(old) && take(old | WAITERS, me | WAITERS)) {
             // Ours; keep WAITERS set, since others may sleep behind us.
             w.store(me | WAITERS, Ordering::Relaxed);
-            return;
+            b.held.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
         }
         // EAGAIN (the word changed) and EINTR both just mean: look again.
         let _ = rustix::thread::futex::wait(w, rustix::thread::futex::Flags::PRIVATE, old | WAITERS, None);
@@ -202,6 +300,7 @@ fn acquire(w: &AtomicU32) {
 }
 
 fn release(w: &AtomicU32) {
+    block().held.fetch_sub(1, Ordering::Relaxed);
     if w.swap(0, Ordering::Release) & WAITERS != 0 {
         let _ = rustix::thread::futex::wake(w, rustix::thread::futex::Flags::PRIVATE, 1);
     }

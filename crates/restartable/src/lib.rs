@@ -14,18 +14,24 @@
 //! ```
 //!
 //! Most users want the [`collections`]: [`Counter`], [`SpinLock`], [`Stack`], [`Buffer`] and
-//! [`MemcpyBuffer`], all safe. Below them, lowest first:
+//! [`MemcpyBuffer`], all safe. Below them, lowest first (each layer uses only those above it in
+//! this list):
 //!
 //! - [`abi`]: the kernel's `struct rseq` / `struct rseq_cs` and constants;
 //! - [`sys`]: rseq(2), membarrier(2), the auxiliary vector, CPU counts;
+//! - `arch` (private): the only architecture-specific code: critical sections, the thread
+//!   pointer, static TLS; one module per architecture and a portable one without fast paths;
 //! - registration: each thread's rseq area is glibc's, our own, or none ([`registration`],
 //!   [`status`]); the process [`Mode`] is fast or degraded, decided once ([`mode`]);
-//! - [`current_cpu`], [`current_mm_cid`], [`current_node`];
-//! - [`ops`]: the op set, one `asm!` critical section each (in the private `arch` module);
-//! - [`guard`]: per-CPU guard words and the membarrier rseq fence: how a CPU is stopped;
+//! - [`current_cpu`], [`current_mm_cid`], [`current_node`] and the index modes
+//!   ([`Cpu`](ops::Cpu), [`MmCid`](ops::MmCid));
+//! - [`guard`]: guard words and the membarrier rseq fence: how an index is stopped, and the rules
+//!   that keep the slow path safe (signal handlers, allocators, fork);
+//! - [`ops`]: the op set, one `asm!` critical section each, on the process-wide guards;
 //! - [`opv`]: [`OpVec`](opv::OpVec), the user-space CPU op vector run on a stopped CPU;
-//! - [`retry`]: the driver that runs an op's fast path and falls back to its slow path;
-//! - [`PerCpu`]: one cache-padded slot per possible CPU.
+//! - [`pool`] and [`PerCpu`]: the strided per-CPU memory pool and one `T` per CPU in it;
+//! - [`retry`]: the driver that runs an op's fast path and falls back to its slow path, for
+//!   raw ops and for every collection.
 //!
 //! With the `inject` feature, delay loops are compiled into every critical section at numbered
 //! points (the `inject` module), for tests and `restartable stress`; normal builds have none.
@@ -38,22 +44,25 @@ mod arch;
 pub mod collections;
 mod cpu;
 pub mod guard;
+#[cfg(feature = "inject")]
+pub mod inject;
 pub mod ops;
 pub mod opv;
 mod percpu;
+pub mod pool;
 pub mod retry;
 mod status;
 pub mod sys;
 mod thread;
 
-#[cfg(feature = "inject")]
-pub use arch::inject;
 pub use collections::{Buffer, Counter, MemcpyBuffer, SpinLock, SpinLockGuard, Stack};
 pub use cpu::{current_cpu, current_mm_cid, current_node};
 pub use percpu::PerCpu;
 pub use status::{Status, status};
 pub use sys::possible_cpus;
-pub use thread::{Degraded, Mode, Registration, Unavailable, live_own_areas, mode, registration};
+pub use thread::{
+    Degraded, FORCE_DEGRADED_ENV, Mode, Registration, Unavailable, mode, own_registrations, registration,
+};
 
 /// The README's Rust examples, compiled and run as doctests.
 #[cfg(doctest)]

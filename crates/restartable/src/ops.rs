@@ -2,7 +2,10 @@
 //!
 //! Each op runs its pseudo-code as one restartable critical section on the CPU (or concurrency
 //! id) given by `index`, and says how it ended with an [`Outcome`]. Nothing here loops: callers
-//! retry on [`Outcome::Aborted`] and take the slow path on [`Outcome::Stopped`].
+//! retry on [`Outcome::Aborted`] and take the slow path on [`Outcome::Stopped`]
+//! ([`retry::run`](crate::retry::run) does both). These ops check the process-wide guard words
+//! ([`guard::stop`]); the collections use the same sections with guard words
+//! of their own.
 //!
 //! # Common safety contract
 //!
@@ -30,6 +33,7 @@
 //!         Outcome::Committed => break,
 //!         Outcome::Aborted => continue,                 // preempted or migrated: retry
 //!         Outcome::Stopped => { /* take the slow path (rseq unavailable or CPU stopped) */
+//!             let _stop = restartable::guard::stop::<Cpu>(cpu).unwrap();
 //!             slots[cpu].fetch_add(1, Ordering::SeqCst); break }
 //!         Outcome::CompareFailed => unreachable!(),
 //!     }
@@ -39,81 +43,14 @@
 
 use core::sync::atomic::{AtomicU8, AtomicUsize};
 
-use crate::arch::{self, Exit};
+pub use crate::arch::Outcome;
+use crate::arch::{self, At};
+use crate::cpu;
+pub use crate::cpu::{Cpu, Index, MmCid};
 use crate::{guard, thread};
-
-/// How an op ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[must_use = "an op that did not commit must be retried or completed on the slow path"]
-#[repr(u8)]
-pub enum Outcome {
-    /// The commit store happened: the op took effect exactly once.
-    Committed = 0,
-    /// The op's own comparison failed; nothing was stored (but `out` for
-    /// [`load_cbeq_store_add_load_store`] may hold a value).
-    CompareFailed = 1,
-    /// The kernel restarted the section (preemption, migration, signal) or the thread no longer
-    /// runs on `index`: nothing was committed, retry.
-    Aborted = 2,
-    /// The guard word of `index` is set (another thread is operating on that CPU through the
-    /// slow path), or this thread has no usable rseq area: nothing was stored; take the slow path.
-    Stopped = 3,
-}
-
-impl From<Exit> for Outcome {
-    #[inline(always)]
-    fn from(e: Exit) -> Self {
-        match e {
-            Exit::Committed => Outcome::Committed,
-            Exit::CompareFailed => Outcome::CompareFailed,
-            Exit::Aborted => Outcome::Aborted,
-            Exit::Stopped => Outcome::Stopped,
-        }
-    }
-}
 
 mod sealed {
     pub trait Sealed {}
-}
-
-/// How per-CPU data is indexed: by CPU number ([`Cpu`]) or by memory-map concurrency id
-/// ([`MmCid`]). A compile-time choice.
-pub trait Index: sealed::Sealed + Send + Sync + 'static {
-    /// True for [`MmCid`].
-    const MM_CID: bool;
-    /// A name for reports (`"cpu"` / `"mm_cid"`).
-    const NAME: &'static str;
-    /// The calling thread's current index, or `None` when this mode is unavailable.
-    fn current() -> Option<usize>;
-}
-
-/// Index by CPU number (`rseq.cpu_id`): always available, one slot per possible CPU.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Cpu;
-/// Index by memory-map concurrency id (`rseq.mm_cid`, kernel 6.3+): ids are dense and few when
-/// a process has fewer threads than CPUs, which keeps per-CPU memory compact.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct MmCid;
-
-impl sealed::Sealed for Cpu {}
-impl sealed::Sealed for MmCid {}
-
-impl Index for Cpu {
-    const MM_CID: bool = false;
-    const NAME: &'static str = "cpu";
-    #[inline]
-    fn current() -> Option<usize> {
-        Some(crate::current_cpu())
-    }
-}
-
-impl Index for MmCid {
-    const MM_CID: bool = true;
-    const NAME: &'static str = "mm_cid";
-    #[inline]
-    fn current() -> Option<usize> {
-        crate::current_mm_cid()
-    }
 }
 
 /// The ordering of a commit store: [`Relaxed`] or [`Release`] (everything before the commit,
@@ -137,21 +74,32 @@ impl Order for Release {
     const RELEASE: bool = true;
 }
 
-/// The rseq area and guard word for a section on `index`, or `None` (→ `Stopped`).
+/// Where a raw op on `index` runs: the calling thread's area and the process-wide guard word of
+/// `index`; `None` (the op ends `Stopped`) when no fast path can run or `index` is past
+/// [`guard::MAX_CPUS`].
 #[inline(always)]
-fn enter(index: usize) -> Option<(*mut crate::abi::Rseq, *const core::sync::atomic::AtomicU32, u32)> {
-    let area = thread::area();
-    if area.is_null() {
-        return None;
-    }
-    let g = guard::word(index)?;
-    Some((area, g, index as u32))
+fn at<I: Index>(index: usize) -> Option<At> {
+    let c = match cpu::cursor::<I>() {
+        Some(c) => c,
+        None => ready::<I>()?,
+    };
+    Some(At { area: c.area, index: index as u32, guard: guard::global(index)?.word() })
 }
 
-macro_rules! enter_or_stop {
+/// First use on this thread: decide the mode, register the area.
+#[cold]
+fn ready<I: Index>() -> Option<cpu::Cursor> {
+    let _ = thread::ready();
+    cpu::cursor::<I>()
+}
+
+macro_rules! at_or_stop {
     ($index:expr) => {
-        match enter($index) {
-            Some(t) => t,
+        at_or_stop!(I, $index)
+    };
+    ($mode:ty, $index:expr) => {
+        match at::<$mode>($index) {
+            Some(at) => at,
             None => return Outcome::Stopped,
         }
     };
@@ -164,38 +112,20 @@ macro_rules! enter_or_stop {
 /// The [common contract](self#common-safety-contract).
 #[inline(always)]
 pub unsafe fn load_cbne_store<I: Index>(v: *const AtomicUsize, expect: usize, new: usize, index: usize) -> Outcome {
-    let (area, g, i) = enter_or_stop!(index);
-    // SAFETY: the caller's contract; `area` and `g` come from `enter`.
-    unsafe { arch::load_cbne_store(I::MM_CID, area, g, i, (*v).as_ptr(), expect, new) }.into()
+    let at = at_or_stop!(index);
+    // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
+    unsafe { arch::cbne_store::<I>(at, (*v).as_ptr(), expect, new) }
 }
 
-/// `*v += count` (wrapping) — per-CPU counters.
+/// `*v += count` (wrapping) — per-CPU counters. The commit is one memory-destination `add`.
 ///
 /// # Safety
 /// The [common contract](self#common-safety-contract).
 #[inline(always)]
 pub unsafe fn load_add_store<I: Index>(v: *const AtomicUsize, count: usize, index: usize) -> Outcome {
-    let (area, g, i) = enter_or_stop!(index);
-    // SAFETY: the caller's contract; `area` and `g` come from `enter`.
-    unsafe { arch::load_add_store(I::MM_CID, area, g, i, (*v).as_ptr(), count) }.into()
-}
-
-/// [`load_add_store`] with the area and guard word already looked up (by
-/// [`retry::run_in`](crate::retry) and the collection): the collections' hot path.
-///
-/// # Safety
-/// The [common contract](self#common-safety-contract); `area` is the calling thread's usable
-/// area and `guard` is `index`'s guard word.
-#[inline(always)]
-pub(crate) unsafe fn load_add_store_in<I: Index>(
-    area: *mut crate::abi::Rseq,
-    guard: &core::sync::atomic::AtomicU32,
-    v: &AtomicUsize,
-    count: usize,
-    index: usize,
-) -> Outcome {
-    // SAFETY: the caller's contract.
-    unsafe { arch::load_add_store(I::MM_CID, area, guard, index as u32, v.as_ptr(), count) }.into()
+    let at = at_or_stop!(index);
+    // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
+    unsafe { arch::add::<I>(at, (*v).as_ptr(), count) }
 }
 
 /// `r = *v; if r == expectnot { CompareFailed }; *out = r; *v = *(r + off)` — list pop: `v` is
@@ -213,9 +143,9 @@ pub unsafe fn load_cbeq_store_add_load_store<I: Index>(
     out: *mut usize,
     index: usize,
 ) -> Outcome {
-    let (area, g, i) = enter_or_stop!(index);
-    // SAFETY: the caller's contract; `area` and `g` come from `enter`.
-    unsafe { arch::load_cbeq_store_add_load_store(I::MM_CID, area, g, i, (*v).as_ptr(), expectnot, off, out) }.into()
+    let at = at_or_stop!(index);
+    // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
+    unsafe { arch::cbeq_pop::<I>(at, (*v).as_ptr(), expectnot, off, out) }
 }
 
 /// `r = *(*p + off); *r += count` — a counter reached through a pointer (for example a per-CPU
@@ -231,9 +161,9 @@ pub unsafe fn load_add_load_load_add_store<I: Index>(
     count: usize,
     index: usize,
 ) -> Outcome {
-    let (area, g, i) = enter_or_stop!(index);
-    // SAFETY: the caller's contract; `area` and `g` come from `enter`.
-    unsafe { arch::load_add_load_load_add_store(I::MM_CID, area, g, i, (*p).as_ptr(), off, count) }.into()
+    let at = at_or_stop!(index);
+    // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
+    unsafe { arch::add_indirect::<I>(at, (*p).as_ptr(), off, count) }
 }
 
 /// `if *v != expect || *v2 != expect2 { CompareFailed }; *v = new` — a store checked against
@@ -250,12 +180,9 @@ pub unsafe fn load_cbne_load_cbne_store<I: Index>(
     new: usize,
     index: usize,
 ) -> Outcome {
-    let (area, g, i) = enter_or_stop!(index);
-    // SAFETY: the caller's contract; `area` and `g` come from `enter`.
-    unsafe {
-        arch::load_cbne_load_cbne_store(I::MM_CID, area, g, i, (*v).as_ptr(), expect, (*v2).as_ptr(), expect2, new)
-    }
-    .into()
+    let at = at_or_stop!(index);
+    // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
+    unsafe { arch::cbne_cbne_store::<I>(at, (*v).as_ptr(), expect, (*v2).as_ptr(), expect2, new) }
 }
 
 /// `if *v != expect { CompareFailed }; *v2 = new2; *v = new` — buffer push: `v2` is the slot,
@@ -272,12 +199,10 @@ pub unsafe fn load_cbne_store_store<I: Index, O: Order>(
     new: usize,
     index: usize,
 ) -> Outcome {
-    let (area, g, i) = enter_or_stop!(index);
-    // SAFETY: the caller's contract; `area` and `g` come from `enter`.
-    unsafe {
-        arch::load_cbne_store_store(I::MM_CID, O::RELEASE, area, g, i, (*v).as_ptr(), expect, (*v2).as_ptr(), new2, new)
-    }
-    .into()
+    let at = at_or_stop!(index);
+    // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard. (On x86_64
+    // every store is a release store.)
+    unsafe { arch::cbne_store_store::<I>(at, (*v).as_ptr(), expect, (*v2).as_ptr(), new2, new) }
 }
 
 /// `if *v != expect { CompareFailed }; copy len bytes src -> dst; *v = new` — memcpy buffer
@@ -296,24 +221,9 @@ pub unsafe fn load_cbne_memcpy_store<I: Index, O: Order>(
     new: usize,
     index: usize,
 ) -> Outcome {
-    let (area, g, i) = enter_or_stop!(index);
-    // SAFETY: the caller's contract; `area` and `g` come from `enter`.
-    unsafe {
-        arch::load_cbne_memcpy_store(
-            I::MM_CID,
-            O::RELEASE,
-            area,
-            g,
-            i,
-            (*v).as_ptr(),
-            expect,
-            (*dst).as_ptr(),
-            src,
-            len,
-            new,
-        )
-    }
-    .into()
+    let at = at_or_stop!(index);
+    // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
+    unsafe { arch::cbne_memcpy_store::<I>(at, (*v).as_ptr(), expect, (*dst).as_ptr(), src, len, new) }
 }
 
 /// Benchmark support: `load_add_store::<Cpu>` **without** the guard check, to measure what the
@@ -327,8 +237,35 @@ pub mod bench_only {
     /// As [`load_add_store`], and nothing may ever use the slow path on `v`'s CPU.
     #[inline(always)]
     pub unsafe fn load_add_store_unguarded(v: *const AtomicUsize, count: usize, index: usize) -> Outcome {
-        let (area, g, i) = enter_or_stop!(index);
-        // SAFETY: the caller's contract; `area` and `g` come from `enter`.
-        unsafe { arch::load_add_store_unguarded(area, g, i, (*v).as_ptr(), count) }.into()
+        let at = at_or_stop!(Cpu, index);
+        // SAFETY: the caller's contract; `at` is this thread's area.
+        unsafe { arch::add_unguarded::<Cpu>(at, (*v).as_ptr(), count) }
+    }
+}
+
+/// Deliberately broken ops (the `inject` feature), for showing that tests and the stress
+/// harness can fail. Never use them for anything else.
+#[cfg(feature = "inject")]
+#[doc(hidden)]
+pub mod sabotage {
+    use super::*;
+
+    /// A `load_add_store` that commits inside the section and then adds `count` once more
+    /// outside it (a second, unprotected commit).
+    ///
+    /// # Safety
+    /// As [`load_add_store`].
+    pub unsafe fn load_add_store_commits_twice(v: *const AtomicUsize, count: usize, index: usize) -> Outcome {
+        // SAFETY: the caller's contract, as for the real op.
+        let o = unsafe { load_add_store::<Cpu>(v, count, index) };
+        if o == Outcome::Committed {
+            // SAFETY: `v` is valid (the caller's contract); this racy, non-atomic second add is
+            // the bug being demonstrated.
+            unsafe {
+                let p = (*v).as_ptr();
+                p.write_volatile(p.read_volatile().wrapping_add(count));
+            }
+        }
+        o
     }
 }

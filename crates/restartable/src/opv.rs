@@ -54,8 +54,8 @@ use core::sync::atomic::{
 };
 use std::io;
 
-use crate::guard::{self, CpuStop, GuardError};
-use crate::ops::{Cpu, Index};
+use crate::cpu::{Cpu, Index};
+use crate::guard::{self, GuardError, Stop};
 
 /// The most operations one vector may hold (the kernel proposal's `CPU_OP_VEC_LEN_MAX`).
 pub const MAX_OPS: usize = 16;
@@ -189,6 +189,12 @@ pub enum OpvError {
     },
     /// The membarrier rseq fence failed, so the CPU could not be stopped; nothing ran.
     Fence(io::Error),
+    /// The CPU's guard is held by another operation and the calling thread may not wait for
+    /// it, because it holds a guard itself (see [`guard`]); nothing ran.
+    Busy {
+        /// The index asked for.
+        cpu: usize,
+    },
     /// A typed copy ([`OpVec::copy_bytes`]) between slices of different lengths.
     LengthMismatch {
         /// The operation.
@@ -218,7 +224,10 @@ impl OpvError {
             | OpvError::ShiftTooLarge { index, .. }
             | OpvError::LengthMismatch { index, .. }
             | OpvError::CompareFailed { index } => Some(index),
-            OpvError::TooManyOps { .. } | OpvError::CpuOutOfRange { .. } | OpvError::Fence(_) => None,
+            OpvError::TooManyOps { .. }
+            | OpvError::CpuOutOfRange { .. }
+            | OpvError::Fence(_)
+            | OpvError::Busy { .. } => None,
         }
     }
 
@@ -263,6 +272,11 @@ impl fmt::Display for OpvError {
                 write!(f, "CPU index {cpu} is out of range (this machine has {limit} possible CPUs)")
             }
             OpvError::Fence(e) => write!(f, "membarrier rseq fence failed: {e}"),
+            OpvError::Busy { cpu } => write!(
+                f,
+                "CPU index {cpu} is held by another operation, and this thread may not wait for it because it holds a \
+                 guard itself"
+            ),
             OpvError::LengthMismatch { index, dst, src } => {
                 write!(f, "op {index}: copy of {src} bytes into a {dst}-byte destination")
             }
@@ -285,6 +299,7 @@ impl From<GuardError> for OpvError {
         match e {
             GuardError::OutOfRange { index, limit } => OpvError::CpuOutOfRange { cpu: index, limit },
             GuardError::Fence(e) => OpvError::Fence(e),
+            GuardError::Busy { index } => OpvError::Busy { cpu: index },
         }
     }
 }
@@ -625,9 +640,9 @@ impl<'a> OpVec<'a> {
     /// operations in order, restart the CPU. The same as
     /// [`run_on_index::<Cpu>`](Self::run_on_index).
     ///
-    /// Blocks while another thread has `cpu` stopped. Calling it while the calling thread
-    /// itself holds a [`CpuStop`] for `cpu` deadlocks: use [`run_stopped`](Self::run_stopped)
-    /// then.
+    /// Blocks while another thread has `cpu` stopped. A thread that holds a guard itself (a
+    /// [`Stop`] for `cpu`, or any other) never waits: it gets [`OpvError::Busy`] when the index is
+    /// taken (use [`run_stopped`](Self::run_stopped) under a `Stop` you hold).
     ///
     /// # Safety
     ///
@@ -636,7 +651,7 @@ impl<'a> OpVec<'a> {
     ///    operands and memcpy sources; reads and writes of memcpy destinations and of
     ///    add/or/and/xor/shift targets) — validation checks shape, not validity;
     /// 2. memory the vector writes is shared with other threads only through atomic accesses,
-    ///    rseq ops indexed by `cpu`, or other vectors (or [`CpuStop`] holders) on `cpu`; memory
+    ///    rseq ops indexed by `cpu`, or other vectors (or [`Stop`] holders) on `cpu`; memory
     ///    it reads is written by other threads only in those ways. Otherwise updates can be lost
     ///    (with atomics) or the program has a data race (without).
     pub unsafe fn run_on(&self, cpu: usize) -> Result<(), OpvError> {
@@ -669,7 +684,7 @@ impl<'a> OpVec<'a> {
     /// # Safety
     ///
     /// As for [`run_on`](Self::run_on), for the index `stop` holds.
-    pub unsafe fn run_stopped(&self, stop: &CpuStop) -> Result<(), OpvError> {
+    pub unsafe fn run_stopped(&self, stop: &Stop<'_>) -> Result<(), OpvError> {
         self.validate()?;
         let _ = stop;
         // SAFETY: validated just above; the caller's contract covers the addresses; `stop` is

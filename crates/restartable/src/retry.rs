@@ -1,11 +1,13 @@
-//! The retry driver: the fast path while it can, the slow path when it must.
+//! The driver: the fast path while it can, the slow path when it must.
 //!
 //! [`run`] calls a fast-path closure (one critical section) with the current index and retries
 //! it on [`Outcome::Aborted`]. After [`max_aborts`] consecutive aborts (a debugger
-//! single-stepping, a signal storm), or at once on [`Outcome::Stopped`] (the CPU is stopped by
+//! single-stepping, a signal storm), or at once on [`Outcome::Stopped`] (the index is stopped by
 //! someone else, the thread has no rseq area, or the process is in degraded mode), it runs the
 //! slow-path closure instead, with the current index stopped through the guard
-//! ([`guard::stop`]). Every operation therefore completes, in every environment.
+//! ([`guard::stop`]). Every operation therefore completes, in every environment. The collections
+//! use the same driver, with their own guard words and their spare index (see
+//! [`guard`](crate::guard#the-rules-that-keep-the-slow-path-safe)).
 //!
 //! # Debuggers
 //!
@@ -35,17 +37,22 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
-use crate::abi::{self, Rseq};
+use crossbeam_utils::CachePadded;
+
+use crate::arch::{self, At, Outcome};
+use crate::cpu::{self, Index};
 use crate::guard::{self, CpuStop, GuardError};
-use crate::ops::{Index, Outcome};
+use crate::percpu::Slots;
 use crate::thread;
 
 /// The default number of consecutive aborts before the slow path.
 pub const DEFAULT_MAX_ABORTS: u32 = 64;
 
 static MAX_ABORTS: AtomicU32 = AtomicU32::new(DEFAULT_MAX_ABORTS);
-static SLOW_PATH_USES: AtomicU64 = AtomicU64::new(0);
 static ABORTS: AtomicU64 = AtomicU64::new(0);
+/// Operations completed off the fast path, striped by thread so that degraded mode (where every
+/// operation counts here) does not share one cache line between CPUs.
+static SLOW_PATH_USES: [CachePadded<AtomicU64>; 16] = [const { CachePadded::new(AtomicU64::new(0)) }; 16];
 
 /// The number of consecutive aborts after which [`run`] takes the slow path.
 pub fn max_aborts() -> u32 {
@@ -58,14 +65,19 @@ pub fn set_max_aborts(n: u32) {
     MAX_ABORTS.store(n.max(1), Relaxed);
 }
 
-/// How many operations this process completed through the slow path.
+/// How many operations this process completed off the fast path (under a guard, on a spare
+/// index, or with atomics in degraded mode).
 pub fn slow_path_uses() -> u64 {
-    SLOW_PATH_USES.load(Relaxed)
+    SLOW_PATH_USES.iter().map(|c| c.load(Relaxed)).sum()
 }
 
-/// How many critical sections of [`run`] the kernel aborted in this process.
+/// How many critical sections of the driver the kernel aborted in this process.
 pub fn aborts() -> u64 {
     ABORTS.load(Relaxed)
+}
+
+fn count_slow_path() {
+    SLOW_PATH_USES[(arch::thread_block() as usize >> 7) % SLOW_PATH_USES.len()].fetch_add(1, Relaxed);
 }
 
 /// Which path completed an operation.
@@ -78,8 +90,69 @@ pub enum Path<T> {
     Slow(T),
 }
 
+/// What the cold path decided.
+enum Choice {
+    /// The thread just got a usable area: try the fast path again.
+    Retry,
+    /// Stop this index through its guard.
+    Stop(usize),
+    /// No fast path runs in this process: this index, without a guard, for an operation that
+    /// is all atomic.
+    Degraded(usize),
+    /// This thread may not wait for any guard (it holds one, or it is inside its own first use).
+    NoWait(usize),
+}
+
+/// The fast path's loop: the cursor, one section, retry on abort. `None` when the slow path
+/// must run, with the number of aborts seen.
+#[inline(always)]
+fn fast_loop<I: Index>(mut fast: impl FnMut(cpu::Cursor) -> Outcome) -> Result<Outcome, u32> {
+    let mut aborts = 0u32;
+    while let Some(c) = cpu::cursor::<I>() {
+        match fast(c) {
+            o @ (Outcome::Committed | Outcome::CompareFailed) => return Ok(o),
+            Outcome::Stopped => break,
+            Outcome::Aborted => {
+                // Counted as they happen (aborts are rare), so a stuck thread can be observed.
+                ABORTS.fetch_add(1, Relaxed);
+                aborts += 1;
+                if aborts >= max_aborts() {
+                    break;
+                }
+            }
+        }
+    }
+    Err(aborts)
+}
+
+/// The index a slow path works on: the thread's current one, in range.
+fn current_index<I: Index>() -> usize {
+    let index = match cpu::cursor::<I>() {
+        Some(c) => c.index,
+        None => I::current().unwrap_or_else(thread::cpu_now),
+    };
+    index % thread::limit()
+}
+
+#[cold]
+#[inline(never)]
+fn choose<I: Index>(aborts: u32, retried: bool, lockfree_degraded: bool) -> Choice {
+    let mode = match thread::ready() {
+        thread::Ready::Done(mode) => mode,
+        thread::Ready::Nested => return Choice::NoWait(current_index::<I>()),
+    };
+    if guard::held() > 0 {
+        return Choice::NoWait(current_index::<I>());
+    }
+    if mode.is_fast() && !retried && aborts == 0 && cpu::cursor::<I>().is_some() {
+        return Choice::Retry;
+    }
+    let index = current_index::<I>();
+    if !mode.is_fast() && lockfree_degraded { Choice::Degraded(index) } else { Choice::Stop(index) }
+}
+
 /// Run an operation: `fast(index)` until it commits or its compare fails, else `slow(&stop)`
-/// with the current index stopped.
+/// with the current index stopped (in the process-wide guard array).
 ///
 /// `fast` must be one critical section on `index` (an op from [`ops`](crate::ops)), and `slow`
 /// the same operation done with atomic accesses on `stop.index()`'s data (for example an
@@ -88,68 +161,131 @@ pub enum Path<T> {
 ///
 /// If the membarrier fence fails after the process chose fast mode (possible only if a seccomp
 /// filter installed later forbids it), the slow path cannot be entered safely: the driver then
-/// yields and goes back to the fast path, which completes unless it is aborted forever.
+/// yields and goes back to the fast path, which completes unless it is aborted forever. A call
+/// made while the thread holds a guard (from a signal handler that interrupted a slow path, or
+/// while holding a [`guard::Stop`]) never waits for a guard: it tries every index in turn.
 #[inline]
 pub fn run<I: Index, T>(mut fast: impl FnMut(usize) -> Outcome, slow: impl FnOnce(&CpuStop) -> T) -> Path<T> {
-    run_in::<I, T>(|_, index| fast(index), slow)
-}
-
-/// The calling thread's area and current index in mode `I`, or `None` (no usable area, or no
-/// mm_cid from this kernel): one thread-local load and one load of the area.
-#[inline(always)]
-fn cursor<I: Index>() -> Option<(*mut Rseq, usize)> {
-    let area = thread::area();
-    if area.is_null() || (I::MM_CID && thread::usable_len_fast() < abi::OFFSET_MM_CID + 4) {
-        return None;
+    match fast_loop::<I>(|c| fast(c.index)) {
+        Ok(o) => Path::Fast(o),
+        Err(aborts) => run_cold::<I, T>(fast, slow, aborts),
     }
-    let offset = if I::MM_CID { abi::OFFSET_MM_CID } else { abi::OFFSET_CPU_ID };
-    // SAFETY: `area` is this thread's live area and the kernel keeps the field up to date.
-    Some((area, unsafe { thread::read_u32(area, offset) } as usize))
 }
 
-/// [`run`] whose fast path also receives the calling thread's rseq area, so that it need not
-/// look it up again (the collections' hot path).
-#[inline(always)]
-pub(crate) fn run_in<I: Index, T>(
-    mut fast: impl FnMut(*mut Rseq, usize) -> Outcome,
+#[cold]
+#[inline(never)]
+fn run_cold<I: Index, T>(
+    mut fast: impl FnMut(usize) -> Outcome,
     slow: impl FnOnce(&CpuStop) -> T,
+    mut aborts: u32,
 ) -> Path<T> {
-    let mut slow = Some(slow);
+    let mut retried = false;
     loop {
-        let mut aborts = 0u32;
-        while let Some((area, index)) = cursor::<I>() {
-            match fast(area, index) {
-                o @ (Outcome::Committed | Outcome::CompareFailed) => return Path::Fast(o),
-                Outcome::Stopped => break,
-                Outcome::Aborted => {
-                    // Counted as they happen (aborts are rare), so a stuck thread can be observed.
-                    ABORTS.fetch_add(1, Relaxed);
-                    aborts += 1;
-                    if aborts >= max_aborts() {
-                        break;
+        let (first, tries) = match choose::<I>(aborts, retried, false) {
+            Choice::Retry => {
+                retried = true;
+                match fast_loop::<I>(|c| fast(c.index)) {
+                    Ok(o) => return Path::Fast(o),
+                    Err(n) => aborts = n,
+                }
+                continue;
+            }
+            Choice::Stop(i) | Choice::Degraded(i) => (i, 1),
+            Choice::NoWait(i) => (i, thread::limit()),
+        };
+        for k in 0..tries {
+            match guard::stop::<I>((first + k) % thread::limit()) {
+                Ok(stop) => {
+                    let r = slow(&stop);
+                    drop(stop);
+                    count_slow_path();
+                    return Path::Slow(r);
+                }
+                Err(GuardError::Busy { .. }) => continue,
+                Err(_) => break,
+            }
+        }
+        std::thread::yield_now();
+        match fast_loop::<I>(|c| fast(c.index)) {
+            Ok(o) => return Path::Fast(o),
+            Err(n) => aborts = n,
+        }
+    }
+}
+
+/// How a collection's slow path reaches its data.
+pub(crate) enum Slow<'a, T> {
+    /// The index's guard is held: its fast paths are stopped and no other slow path runs on it.
+    Stopped(&'a T, usize),
+    /// This thread may not wait for a guard: the structure's spare slot, which no fast path
+    /// ever touches. Update it lock-free, or give the operation's "nothing now" answer.
+    Spare(&'a T),
+    /// No fast path runs in this process: this index's slot, without a guard (for operations
+    /// whose every access is an atomic instruction).
+    Degraded(&'a T, usize),
+}
+
+/// The collections' driver: hands `fast` the current index's value and the section's [`At`]
+/// (one cursor read, no bounds check), and `slow` the data as [`Slow`] says. With
+/// `lockfree_degraded`, degraded mode passes [`Slow::Degraded`] instead of taking the guard.
+///
+#[inline(always)]
+pub(crate) fn drive<S: Slots, R>(
+    pc: &S,
+    mut fast: impl FnMut(&S::Value, At) -> Outcome,
+    slow: impl FnOnce(Slow<'_, S::Value>) -> R,
+    lockfree_degraded: bool,
+) -> Path<R> {
+    match fast_loop::<S::Index>(|c| fast_on(pc, &mut fast, c)) {
+        Ok(o) => Path::Fast(o),
+        Err(aborts) => drive_cold(pc, fast, slow, lockfree_degraded, aborts),
+    }
+}
+
+/// One critical section of `fast` on the cursor's index of `pc`.
+#[inline(always)]
+fn fast_on<S: Slots>(pc: &S, fast: &mut impl FnMut(&S::Value, At) -> Outcome, c: cpu::Cursor) -> Outcome {
+    // SAFETY: the cursor's index is below the number of indices.
+    let s = unsafe { pc.slot_unchecked(c.index) };
+    fast(&s.value, At { area: c.area, index: c.index as u32, guard: s.guard.word() })
+}
+
+#[cold]
+#[inline(never)]
+fn drive_cold<S: Slots, R>(
+    pc: &S,
+    mut fast: impl FnMut(&S::Value, At) -> Outcome,
+    slow: impl FnOnce(Slow<'_, S::Value>) -> R,
+    lockfree_degraded: bool,
+    mut aborts: u32,
+) -> Path<R> {
+    let mut retried = false;
+    let r = loop {
+        match choose::<S::Index>(aborts, retried, lockfree_degraded) {
+            Choice::Retry => retried = true,
+            Choice::NoWait(_) => break slow(Slow::Spare(&pc.spare().value)),
+            // SAFETY (both arms): `choose` gives indices below the number of indices.
+            Choice::Degraded(i) => break slow(Slow::Degraded(unsafe { &pc.slot_unchecked(i).value }, i)),
+            Choice::Stop(i) => {
+                let s = unsafe { pc.slot_unchecked(i) };
+                match s.guard.stop::<S::Index>(i) {
+                    Ok(stop) => {
+                        let r = slow(Slow::Stopped(&s.value, i));
+                        drop(stop);
+                        break r;
                     }
+                    Err(GuardError::Busy { .. }) => break slow(Slow::Spare(&pc.spare().value)),
+                    // The fence failed (a seccomp filter installed later?): the fast path is the
+                    // only safe way forward.
+                    Err(_) => std::thread::yield_now(),
                 }
             }
         }
-        match stop_current::<I>() {
-            Ok(stop) => {
-                // `slow` is taken at most once: this arm returns.
-                let r = (slow.take().expect("slow path runs once"))(&stop);
-                drop(stop);
-                SLOW_PATH_USES.fetch_add(1, Relaxed);
-                return Path::Slow(r);
-            }
-            Err(_) => std::thread::yield_now(),
+        match fast_loop::<S::Index>(|c| fast_on(pc, &mut fast, c)) {
+            Ok(o) => return Path::Fast(o),
+            Err(n) => aborts = n,
         }
-    }
-}
-
-/// Stop the calling thread's current index (in range), for a slow path.
-#[cold]
-#[inline(never)]
-fn stop_current<I: Index>() -> Result<CpuStop, GuardError> {
-    // In degraded mode (or without mm_cid) `sched_getcpu` picks the index: any index is correct
-    // once its guard is held, a nearby one is just faster.
-    let index = I::current().unwrap_or_else(crate::current_cpu) % guard::limit();
-    guard::stop::<I>(index)
+    };
+    count_slow_path();
+    Path::Slow(r)
 }

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use crate::thread::{self, Registration};
-use crate::{abi, cpu, sys};
+use crate::{cpu, sys};
 
 /// A snapshot of the environment as the library sees it, from the calling thread.
 ///
@@ -34,7 +34,7 @@ pub struct Status {
     pub possible_cpus: usize,
     /// CPUs online now.
     pub online_cpus: usize,
-    /// The `MEMBARRIER_CMD_QUERY` answer (a bit set of `abi::membarrier::CMD_*`).
+    /// The `MEMBARRIER_CMD_QUERY` answer (a bit set of the kernel's `MEMBARRIER_CMD_*`).
     pub membarrier_commands: u32,
     /// The calling thread's CPU when the snapshot was taken.
     pub cpu: usize,
@@ -61,7 +61,7 @@ impl Status {
 
     /// Whether the kernel offers membarrier's rseq fence.
     pub fn membarrier_rseq_fence(&self) -> bool {
-        self.membarrier_commands & abi::membarrier::CMD_PRIVATE_EXPEDITED_RSEQ != 0
+        sys::has_rseq_fence(self.membarrier_commands)
     }
 }
 
@@ -69,13 +69,14 @@ impl Status {
 pub fn status() -> Status {
     let registration = thread::registration();
     let p = thread::process();
+    let (feature_size, align) = p.map_or((None, None), |p| (p.feature_size, p.align));
     Status {
         mode: thread::mode().clone(),
         registration,
         kernel_release: sys::kernel_release(),
         glibc_version: sys::glibc_version(),
-        rseq_feature_size: p.feature_size,
-        rseq_align: p.align,
+        rseq_feature_size: feature_size,
+        rseq_align: align,
         usable_len: thread::usable_len(),
         possible_cpus: sys::possible_cpus(),
         online_cpus: sys::online_cpus(),

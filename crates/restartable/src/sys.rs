@@ -1,9 +1,13 @@
 //! Thin system-call wrappers: rseq(2), membarrier(2), the auxiliary vector, CPU counts.
 //!
-//! Every fallible call returns [`std::io::Result`]; nothing here panics or retries.
+//! Every fallible call returns [`std::io::Result`]; nothing here panics or retries, and nothing
+//! on the path of the library's first use allocates (the possible-CPU count is read into a
+//! stack buffer), so that a global allocator built on this library can call it.
 
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::io;
-use std::sync::OnceLock;
+
+use rustix::thread::{MembarrierCommand, MembarrierQuery};
 
 use crate::abi;
 
@@ -15,7 +19,7 @@ use crate::abi;
 pub unsafe fn rseq(area: *mut abi::Rseq, len: u32, flags: i32, sig: u32) -> io::Result<()> {
     // SAFETY: the caller guarantees that `area`/`len` describe memory that outlives the
     // registration; the kernel validates everything else and reports errors through errno.
-    let r = unsafe { libc::syscall(abi::SYS_RSEQ, area, len, flags, sig) };
+    let r = unsafe { libc::syscall(libc::SYS_rseq, area, len, flags, sig) };
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
@@ -25,10 +29,15 @@ pub fn membarrier_query() -> u32 {
     rustix::thread::membarrier_query().bits()
 }
 
+/// Whether a `membarrier_query` bit set offers the rseq fence.
+pub fn has_rseq_fence(bits: u32) -> bool {
+    MembarrierQuery::from_bits_retain(bits).contains(MembarrierQuery::PRIVATE_EXPEDITED_RSEQ)
+}
+
 /// `membarrier(REGISTER_PRIVATE_EXPEDITED_RSEQ)`: must succeed once per process before the
 /// first rseq fence.
 pub fn membarrier_register_rseq() -> io::Result<()> {
-    rustix::thread::membarrier(rustix::thread::MembarrierCommand::RegisterPrivateExpeditedRseq).map_err(io::Error::from)
+    rustix::thread::membarrier(MembarrierCommand::RegisterPrivateExpeditedRseq).map_err(io::Error::from)
 }
 
 /// `membarrier(PRIVATE_EXPEDITED_RSEQ, FLAG_CPU, cpu)`: restart any rseq critical section of
@@ -38,17 +47,18 @@ pub fn membarrier_rseq_cpu(cpu: usize) -> io::Result<()> {
     // SAFETY: `Cpuid::from_raw` only asks for a CPU number; an invalid one makes the kernel
     // return EINVAL, which we pass on.
     let id = unsafe { rustix::thread::Cpuid::from_raw(cpu) };
-    rustix::thread::membarrier_cpu(rustix::thread::MembarrierCommand::PrivateExpeditedRseq, id).map_err(io::Error::from)
+    rustix::thread::membarrier_cpu(MembarrierCommand::PrivateExpeditedRseq, id).map_err(io::Error::from)
 }
 
 /// `membarrier(PRIVATE_EXPEDITED_RSEQ)` on every CPU running a thread of this process.
 pub fn membarrier_rseq_all() -> io::Result<()> {
-    rustix::thread::membarrier(rustix::thread::MembarrierCommand::PrivateExpeditedRseq).map_err(io::Error::from)
+    rustix::thread::membarrier(MembarrierCommand::PrivateExpeditedRseq).map_err(io::Error::from)
 }
 
-/// Names of the commands in a `membarrier_query` bit set.
+/// Names of the commands in a `membarrier_query` bit set (rustix's names of the kernel's
+/// `MEMBARRIER_CMD_*` constants).
 pub fn membarrier_names(bits: u32) -> Vec<&'static str> {
-    abi::membarrier::NAMES.iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| *n).collect()
+    MembarrierQuery::from_bits_retain(bits).iter_names().map(|(name, _)| name).collect()
 }
 
 /// `getauxval(AT_RSEQ_FEATURE_SIZE)`, or `None` when the kernel does not say (before 6.3).
@@ -69,24 +79,40 @@ fn auxval(key: u64) -> Option<usize> {
 
 /// The number of possible CPU numbers: one more than the highest CPU that can ever come online,
 /// read from `/sys/devices/system/cpu/possible`, else `sysconf(_SC_NPROCESSORS_CONF)`. Computed
-/// once; always at least 1.
+/// once (without allocating); always at least 1.
 pub fn possible_cpus() -> usize {
-    static N: OnceLock<usize> = OnceLock::new();
-    *N.get_or_init(|| {
-        std::fs::read_to_string("/sys/devices/system/cpu/possible")
-            .ok()
-            .and_then(|s| parse_cpu_list_max(&s))
-            .map(|max| max + 1)
-            .unwrap_or_else(|| {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    match N.load(Relaxed) {
+        0 => {
+            let n = read_possible().unwrap_or_else(|| {
                 // SAFETY: sysconf has no memory-safety preconditions.
                 let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
                 if n > 0 { n as usize } else { 1 }
-            })
-    })
+            });
+            N.store(n, Relaxed);
+            n
+        }
+        n => n,
+    }
+}
+
+fn read_possible() -> Option<usize> {
+    let mut buf = [0u8; 256];
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(c"/sys/devices/system/cpu/possible".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: `fd` is ours.
+    unsafe { libc::close(fd) };
+    let text = core::str::from_utf8(buf.get(..usize::try_from(n).ok()?)?).ok()?;
+    parse_cpu_list_max(text).map(|max| max + 1)
 }
 
 /// The highest CPU number in a kernel CPU list such as `0-3,8,10-11`.
-pub fn parse_cpu_list_max(s: &str) -> Option<usize> {
+fn parse_cpu_list_max(s: &str) -> Option<usize> {
     let mut max = None;
     for part in s.trim().split(',').filter(|p| !p.is_empty()) {
         let hi = part.rsplit('-').next()?.trim().parse::<usize>().ok()?;
@@ -122,25 +148,17 @@ pub fn kernel_release() -> String {
     rustix::system::uname().release().to_string_lossy().into_owned()
 }
 
-/// glibc's version (`gnu_get_libc_version`, looked up at run time), or `None` on other C
-/// libraries.
+/// glibc's version, or `None` on other C libraries.
 pub fn glibc_version() -> Option<String> {
-    let f = dlsym(c"gnu_get_libc_version")?;
-    // SAFETY: glibc's gnu_get_libc_version has this signature and returns a static C string.
-    let f: extern "C" fn() -> *const libc::c_char = unsafe { std::mem::transmute(f) };
-    let p = f();
-    if p.is_null() {
-        return None;
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: glibc's gnu_get_libc_version returns a static NUL-terminated string.
+        let p = unsafe { libc::gnu_get_libc_version() };
+        // SAFETY: non-null (checked), NUL-terminated, static for the life of the process.
+        (!p.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned())
     }
-    // SAFETY: non-null, NUL-terminated, static for the life of the process.
-    Some(unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned())
-}
-
-/// `dlsym(RTLD_DEFAULT, name)`, or `None` when the symbol is not defined.
-pub fn dlsym(name: &std::ffi::CStr) -> Option<*mut libc::c_void> {
-    // SAFETY: name is a valid C string; RTLD_DEFAULT searches the global scope.
-    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-    (!p.is_null()).then_some(p)
+    #[cfg(not(target_env = "gnu"))]
+    None
 }
 
 /// A human explanation of an rseq(2) registration errno.
@@ -150,10 +168,11 @@ pub fn explain_rseq_errno(errno: i32) -> &'static str {
         libc::EPERM => {
             "rseq is forbidden here (a seccomp filter or sandbox), or the signature differs from an earlier registration"
         }
-        libc::EINVAL => "the kernel rejected the area (length, alignment or flags it does not accept)",
-        libc::EBUSY => {
-            "another rseq area is already registered for this thread by code we cannot see (a static glibc, another library)"
+        libc::EINVAL => {
+            "another rseq area is already registered for this thread (an older static glibc, another library), \
+             or the kernel rejected the area's length or alignment"
         }
+        libc::EBUSY => "this area is already registered for this thread",
         libc::EFAULT => "the kernel could not access the area",
         _ => "rseq registration failed",
     }
@@ -187,11 +206,14 @@ mod tests {
         assert_eq!(parse_cpu_list_max(""), None);
         assert!(possible_cpus() >= online_cpus().min(possible_cpus()));
         assert!(possible_cpus() >= 1);
+        assert_eq!(read_possible(), Some(possible_cpus()));
     }
 
     #[test]
     fn membarrier_names_decode() {
-        let n = membarrier_names(abi::membarrier::CMD_PRIVATE_EXPEDITED_RSEQ | 1);
-        assert_eq!(n, ["GLOBAL", "PRIVATE_EXPEDITED_RSEQ"]);
+        let bits = (MembarrierQuery::PRIVATE_EXPEDITED_RSEQ | MembarrierQuery::GLOBAL).bits();
+        assert_eq!(membarrier_names(bits), ["GLOBAL", "PRIVATE_EXPEDITED_RSEQ"]);
+        assert!(has_rseq_fence(bits));
+        assert!(!has_rseq_fence(MembarrierQuery::GLOBAL.bits()));
     }
 }

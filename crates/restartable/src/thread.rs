@@ -1,29 +1,458 @@
-//! Per-thread rseq registration: glibc's area, our own, or none (with the reason).
+//! Registration: where each thread's rseq area is, and how the process runs its operations.
 //!
-//! Registration is lazy: the first operation of a thread looks the area up (glibc) or registers
-//! one (own), and caches a pointer to it in a constant-initialised thread-local, so the fast
-//! path costs one `fs`-relative load. Failures are remembered per thread and never retried in a
-//! loop; callers then see [`Outcome::Stopped`](crate::ops::Outcome::Stopped) and take the slow
-//! path.
+//! The area is addressed as *thread pointer + one process-wide offset*: glibc's
+//! `__rseq_offset` when glibc registers every thread (found through weak references, so static
+//! binaries find it too), else the offset of this library's own area in static TLS, which each
+//! thread registers on its first operation. Once the process has decided on fast mode it
+//! publishes one word per index mode, `offset << 32 | number of indices` ([`CFG`]); the hot path
+//! reads it with one load and needs no per-thread pointer. The word stays 0 (no fast path) before
+//! the decision and forever in degraded mode.
+//!
+//! First use allocates nothing (the mode decision reads the environment with `getenv`, the CPU
+//! count into a stack buffer, and the own area is static TLS) and is re-entrant: a signal handler
+//! that runs an operation while its thread is deciding gets [`Ready::Nested`] and takes a path
+//! that needs no decision; other threads wait for the decision.
 
-use std::alloc::Layout;
-use std::cell::{Cell, RefCell};
+use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::fmt;
-use std::ptr;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-/// Own areas registered and not yet unregistered and freed (a leak detector for tests).
-static LIVE_OWN_AREAS: AtomicUsize = AtomicUsize::new(0);
+use crate::arch::{self, ThreadBlock};
+use crate::{abi, sys};
 
-/// How many areas this library registered itself and has not yet unregistered and freed:
-/// one per live thread in own-area mode, 0 with glibc's areas. A thread that exits brings it
-/// back down; if it does not, areas leak.
-pub fn live_own_areas() -> usize {
-    LIVE_OWN_AREAS.load(Ordering::Relaxed)
+/// The environment variable that forces degraded mode when set to `1`.
+pub const FORCE_DEGRADED_ENV: &str = "RESTARTABLE_FORCE_DEGRADED";
+
+/// Per index mode (`Index::MODE`: 0 = CPU, 1 = mm_cid): `(area offset as i32) << 32 | number of
+/// indices`, or 0 when no fast path may run. Read by the hot path with one load.
+pub(crate) static CFG: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// The number of index values: [`sys::possible_cpus`] capped at [`abi::MAX_CPUS`].
+pub(crate) fn limit() -> usize {
+    sys::possible_cpus().min(abi::MAX_CPUS)
 }
 
-use crate::{abi, arch, sys};
+// ------------------------------------------------------------------------------------------
+// A re-entrancy-aware once cell.
+
+/// A value computed once. A nested call from the thread that is computing it (a signal handler,
+/// or a global allocator built on this library) gets `None` instead of deadlocking; other threads
+/// wait. Computing it must not panic.
+pub(crate) struct Once<T> {
+    state: AtomicUsize,
+    value: UnsafeCell<MaybeUninit<T>>,
+}
+
+// SAFETY: the value is written once, by one thread, before `state` becomes DONE (release), and
+// only read after `state` is seen DONE (acquire).
+unsafe impl<T: Send + Sync> Sync for Once<T> {}
+
+const UNINIT: usize = 0;
+const DONE: usize = 1;
+
+/// A word that names the calling thread among the live ones (its thread block's address: even,
+/// never 0 or 1).
+fn me() -> usize {
+    arch::thread_block() as usize
+}
+
+impl<T> Once<T> {
+    pub(crate) const fn new() -> Self {
+        Once { state: AtomicUsize::new(UNINIT), value: UnsafeCell::new(MaybeUninit::uninit()) }
+    }
+
+    /// The value, if computed.
+    #[inline]
+    pub(crate) fn get(&self) -> Option<&T> {
+        // SAFETY: DONE is stored (release) after the value was written.
+        (self.state.load(Ordering::Acquire) == DONE).then(|| unsafe { (*self.value.get()).assume_init_ref() })
+    }
+
+    /// The value, computing it now if needed; `None` for a nested call during the computation.
+    #[inline]
+    pub(crate) fn get_or_init(&self, f: impl FnOnce() -> T) -> Option<&T> {
+        match self.get() {
+            Some(v) => Some(v),
+            None => self.init(f),
+        }
+    }
+
+    #[cold]
+    fn init(&self, f: impl FnOnce() -> T) -> Option<&T> {
+        let me = me();
+        loop {
+            match self.state.compare_exchange(UNINIT, me, Ordering::Acquire, Ordering::Acquire) {
+                Ok(_) => {
+                    let v = f();
+                    // SAFETY: this thread owns the cell until DONE is published.
+                    unsafe { (*self.value.get()).write(v) };
+                    self.state.store(DONE, Ordering::Release);
+                    return self.get();
+                }
+                Err(DONE) => return self.get(),
+                Err(owner) if owner == me => return None,
+                Err(_) => std::thread::yield_now(),
+            }
+        }
+    }
+
+    /// In a forked child: forget a computation that another thread (absent here) had begun.
+    fn forget_abandoned(&self) {
+        let s = self.state.load(Ordering::Relaxed);
+        if s != UNINIT && s != DONE && s != me() {
+            self.state.store(UNINIT, Ordering::Relaxed);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Process facts and the mode.
+
+/// What the process knows about rseq, read once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Process {
+    /// `(__rseq_offset, __rseq_size)` when glibc registers threads.
+    pub glibc: Option<(isize, u32)>,
+    /// `AT_RSEQ_FEATURE_SIZE`.
+    pub feature_size: Option<usize>,
+    /// `AT_RSEQ_ALIGN`.
+    pub align: Option<usize>,
+    /// The length we register our own area with.
+    pub own_len: u32,
+    /// How many bytes of the area the kernel keeps up to date (decides mm_cid and node_id).
+    pub usable_len: usize,
+    /// The area's offset from the thread pointer.
+    pub offset: isize,
+    /// Whether the CPU has `rdpid`.
+    pub rdpid: bool,
+}
+
+static PROCESS: Once<Process> = Once::new();
+
+fn read_process() -> Process {
+    let glibc = arch::glibc_rseq();
+    let feature_size = sys::rseq_feature_size();
+    let align = sys::rseq_align();
+    let need = feature_size.unwrap_or(0).max(abi::RSEQ_ORIG_SIZE);
+    let own_len = if need <= arch::OWN_AREA_LEN && align.unwrap_or(32) <= 64 { need } else { abi::RSEQ_ORIG_SIZE };
+    let kernel = feature_size.unwrap_or(20);
+    let usable_len = match glibc {
+        Some((_, size)) if size as usize <= abi::RSEQ_ORIG_SIZE => kernel.min(abi::RSEQ_ORIG_SIZE),
+        Some((_, size)) => kernel.min(size as usize),
+        None => kernel.min(own_len),
+    };
+    let offset = match glibc {
+        Some((offset, _)) => offset,
+        None => (arch::thread_block() as isize).wrapping_sub(arch::thread_pointer() as isize),
+    };
+    Process { glibc, feature_size, align, own_len: own_len as u32, usable_len, offset, rdpid: arch::has_rdpid() }
+}
+
+/// The process facts; `None` only for a nested first use (see [`Once`]).
+pub(crate) fn process() -> Option<&'static Process> {
+    PROCESS.get_or_init(read_process)
+}
+
+/// How the process runs its operations, decided once, before the first critical section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// rseq fast paths; the guard plus the membarrier rseq fence for the slow path.
+    Fast,
+    /// No fast path runs: counters add with atomic instructions, the other operations take the
+    /// guard words as per-CPU locks (no fence); `rdpid` or the vDSO picks the CPU. Correct, only
+    /// slower.
+    Degraded(Degraded),
+}
+
+/// Why the process runs in [`Mode::Degraded`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Degraded {
+    /// The thread that decided could not use rseq.
+    NoRseq(Unavailable),
+    /// rseq works, but membarrier's rseq fence (needed to stop a CPU's fast paths) does not.
+    NoFence {
+        /// The errno of `membarrier(REGISTER_PRIVATE_EXPEDITED_RSEQ)`, if it failed with one.
+        errno: Option<i32>,
+    },
+    /// The environment variable `RESTARTABLE_FORCE_DEGRADED=1` asked for it (tests, stress).
+    Forced,
+    /// The library was built without critical sections for this architecture (the portable
+    /// module).
+    Portable,
+}
+
+impl Mode {
+    /// True for [`Mode::Fast`].
+    pub fn is_fast(&self) -> bool {
+        matches!(self, Mode::Fast)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Fast => f.write_str("fast (rseq fast paths, guard + membarrier rseq fence slow path)"),
+            Mode::Degraded(Degraded::NoRseq(u)) => write!(f, "degraded: rseq unavailable ({u})"),
+            Mode::Degraded(Degraded::NoFence { errno }) => write!(
+                f,
+                "degraded: membarrier rseq fence unavailable ({})",
+                errno.map_or("the kernel does not offer PRIVATE_EXPEDITED_RSEQ", sys::errno_name)
+            ),
+            Mode::Degraded(Degraded::Forced) => write!(f, "degraded: forced by {FORCE_DEGRADED_ENV}=1"),
+            Mode::Degraded(Degraded::Portable) => {
+                f.write_str("degraded: built without critical sections for this architecture (portable module)")
+            }
+        }
+    }
+}
+
+static MODE: Once<Mode> = Once::new();
+
+/// Whether `RESTARTABLE_FORCE_DEGRADED=1` is set (read with `getenv`: no allocation).
+fn forced() -> bool {
+    // SAFETY: a NUL-terminated name; getenv returns null or a NUL-terminated value.
+    let v = unsafe { libc::getenv(c"RESTARTABLE_FORCE_DEGRADED".as_ptr()) };
+    // SAFETY: non-null values are NUL-terminated C strings owned by the environment.
+    !v.is_null() && unsafe { std::ffi::CStr::from_ptr(v) }.to_bytes() == b"1"
+}
+
+fn decide(p: &Process) -> Mode {
+    if forced() {
+        return Mode::Degraded(Degraded::Forced);
+    }
+    if !arch::HAS_RSEQ {
+        return Mode::Degraded(Degraded::Portable);
+    }
+    if let Err(u) = thread_ready(p) {
+        return Mode::Degraded(Degraded::NoRseq(u));
+    }
+    if let Err(errno) = register_fence() {
+        return Mode::Degraded(Degraded::NoFence { errno });
+    }
+    let Ok(offset) = i32::try_from(p.offset) else {
+        return Mode::Degraded(Degraded::NoRseq(Unavailable {
+            errno: None,
+            reason: "the rseq area is too far from the thread pointer",
+        }));
+    };
+    let word = (u64::from(offset as u32) << 32) | limit() as u64;
+    CFG[0].store(word, Ordering::Release);
+    if p.usable_len >= abi::OFFSET_MM_CID + 4 {
+        CFG[1].store(word, Ordering::Release);
+    }
+    Mode::Fast
+}
+
+/// Whether the first use is complete: [`Ready::Nested`] for an operation that runs inside the
+/// first use on the same thread (a signal handler), which must then complete without waiting for
+/// any guard and without a fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ready {
+    /// The mode is decided (and this thread's registration attempted).
+    Done(&'static Mode),
+    /// This thread is itself in the middle of the first use.
+    Nested,
+}
+
+/// Decide the mode if needed and register the calling thread if needed.
+#[cold]
+pub(crate) fn ready() -> Ready {
+    let Some(p) = process() else { return Ready::Nested };
+    let Some(mode) = MODE.get_or_init(|| decide(p)) else { return Ready::Nested };
+    let _ = thread_ready(p);
+    Ready::Done(mode)
+}
+
+/// The process's [`Mode`], deciding it on first use: degraded if forced, if the library has no
+/// critical sections for this architecture, if the calling thread cannot use rseq, or if
+/// membarrier's rseq fence cannot be registered.
+///
+/// # Panics
+/// Only when called from a signal handler that interrupted this very decision on the same
+/// thread (the decision cannot be both in progress and finished).
+pub fn mode() -> &'static Mode {
+    match ready() {
+        Ready::Done(m) => m,
+        Ready::Nested => panic!("restartable::mode() called while this thread is deciding the mode"),
+    }
+}
+
+/// The mode if it has been decided, without deciding it.
+#[inline]
+pub(crate) fn mode_if_decided() -> Option<&'static Mode> {
+    MODE.get()
+}
+
+static FENCE: AtomicI32 = AtomicI32::new(0);
+
+/// Register for membarrier's rseq fence (once; the kernel accepts repeated registrations).
+fn register_fence() -> Result<(), Option<i32>> {
+    match FENCE.load(Ordering::Acquire) {
+        1 => return Ok(()),
+        0 => {}
+        e => return Err((e > 1).then_some(e - 1)),
+    }
+    let r = if sys::has_rseq_fence(sys::membarrier_query()) {
+        sys::membarrier_register_rseq().map_err(|e| e.raw_os_error())
+    } else {
+        // Either the kernel lacks it or the query itself was refused: registering says which.
+        Err(sys::membarrier_register_rseq().err().and_then(|e| e.raw_os_error()))
+    };
+    FENCE.store(
+        match r {
+            Ok(()) => 1,
+            Err(Some(e)) => e + 1,
+            Err(None) => -1,
+        },
+        Ordering::Release,
+    );
+    r
+}
+
+/// Make sure the process is registered for membarrier's rseq fence.
+pub(crate) fn fence_registered() -> std::io::Result<()> {
+    register_fence().map_err(|e| std::io::Error::from_raw_os_error(e.unwrap_or(libc::ENOSYS)))
+}
+
+// ------------------------------------------------------------------------------------------
+// Per-thread registration.
+
+/// Thread states kept in [`ThreadBlock::state`].
+mod state {
+    pub const UNKNOWN: u32 = 0;
+    pub const READY: u32 = 1;
+    /// Our own registration was refused (errno in the block).
+    pub const REFUSED: u32 = 2;
+    /// glibc's registration failed for this thread (`cpu_id` is -2).
+    pub const GLIBC_FAILED: u32 = 3;
+    /// glibc did not register this thread (`cpu_id` is -1).
+    pub const GLIBC_NONE: u32 = 4;
+    /// The library has no critical sections for this architecture.
+    pub const PORTABLE: u32 = 5;
+}
+
+fn block() -> &'static ThreadBlock {
+    // SAFETY: the calling thread's block lives as long as the thread; the reference is not
+    // sent to other threads (every use below is immediate).
+    unsafe { &*arch::thread_block() }
+}
+
+/// The calling thread's registration, registering our own area now if it was never tried.
+fn thread_ready(p: &Process) -> Result<(), Unavailable> {
+    let b = block();
+    let mut s = b.state.load(Ordering::Relaxed);
+    if s == state::UNKNOWN {
+        s = register(p, b);
+        b.state.store(s, Ordering::Relaxed);
+    }
+    match s {
+        state::READY => Ok(()),
+        state::REFUSED => {
+            let errno = b.errno.load(Ordering::Relaxed);
+            Err(Unavailable { errno: Some(errno), reason: sys::explain_rseq_errno(errno) })
+        }
+        state::GLIBC_FAILED => {
+            Err(Unavailable { errno: None, reason: "glibc's rseq registration failed for this thread (cpu_id is -2)" })
+        }
+        state::GLIBC_NONE => Err(Unavailable {
+            errno: None,
+            reason: "glibc did not register rseq for this thread (cpu_id is -1: not a glibc thread?)",
+        }),
+        _ => Err(Unavailable { errno: None, reason: "no critical sections for this architecture" }),
+    }
+}
+
+fn register(p: &Process, b: &ThreadBlock) -> u32 {
+    if !arch::HAS_RSEQ {
+        return state::PORTABLE;
+    }
+    if let Some((offset, _)) = p.glibc {
+        // SAFETY: glibc places every thread's area (registered or not) at this offset from its
+        // thread pointer; `cpu_id` is a kernel-written field, read atomically.
+        let cpu = unsafe { read_u32(arch::thread_pointer().wrapping_offset(offset), abi::OFFSET_CPU_ID) };
+        return match cpu {
+            abi::CPU_ID_REGISTRATION_FAILED => state::GLIBC_FAILED,
+            abi::CPU_ID_UNINITIALIZED => state::GLIBC_NONE,
+            _ => state::READY,
+        };
+    }
+    let area = b.area.as_ptr().cast_mut().cast::<abi::Rseq>();
+    // SAFETY: the area is this thread's static TLS (64-byte aligned, `OWN_AREA_LEN` bytes, at
+    // least `own_len`), which lives until the thread has exited: the kernel stops writing it
+    // then, so it is never unregistered.
+    match unsafe { sys::rseq(area, p.own_len, 0, abi::RSEQ_SIG) } {
+        Ok(()) => {
+            OWN_REGISTRATIONS.fetch_add(1, Ordering::Relaxed);
+            state::READY
+        }
+        // The same area, length and signature are already registered (by this library).
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => state::READY,
+        Err(e) => {
+            b.errno.store(e.raw_os_error().unwrap_or(0), Ordering::Relaxed);
+            state::REFUSED
+        }
+    }
+}
+
+static OWN_REGISTRATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// How many threads this library has registered an rseq area for (0 while glibc registers
+/// them). Own areas are static TLS: a thread's area lives and dies with the thread, so there is
+/// nothing to free and nothing to leak.
+pub fn own_registrations() -> u64 {
+    OWN_REGISTRATIONS.load(Ordering::Relaxed)
+}
+
+/// Whether the calling thread has a registered area the kernel keeps up to date (without
+/// registering it).
+#[inline]
+pub(crate) fn thread_has_area() -> bool {
+    block().state.load(Ordering::Relaxed) == state::READY
+}
+
+/// Atomically read the `u32` field at `offset` of an area.
+///
+/// # Safety
+/// `area` points to a live rseq area at least `offset + 4` bytes long (or to other readable
+/// memory whose value the caller discards).
+#[inline(always)]
+pub(crate) unsafe fn read_u32(area: *const u8, offset: usize) -> u32 {
+    // SAFETY: the kernel writes these fields between our instructions, never concurrently with
+    // one of them from another CPU; an atomic load is the right Rust-side access for them.
+    unsafe { (*area.add(offset).cast::<AtomicU32>()).load(Ordering::Relaxed) }
+}
+
+/// The calling thread's area, when it has one the kernel keeps up to date.
+pub(crate) fn thread_area() -> Option<*const u8> {
+    let p = PROCESS.get()?;
+    (arch::HAS_RSEQ && thread_has_area()).then(|| arch::thread_pointer().wrapping_offset(p.offset).cast_const())
+}
+
+/// How many bytes of the area the kernel keeps up to date: decides whether `node_id` and
+/// `mm_cid` can be read.
+pub(crate) fn usable_len() -> usize {
+    process().map_or(0, |p| p.usable_len)
+}
+
+/// The CPU the calling thread runs on when no fast path is in use: from its area if it has one,
+/// else `rdpid`, else `sched_getcpu` (the vDSO).
+#[inline]
+pub(crate) fn cpu_now() -> usize {
+    if let Some(area) = thread_area() {
+        // SAFETY: `area` is this thread's live, registered area.
+        return unsafe { read_u32(area, abi::OFFSET_CPU_ID) } as usize;
+    }
+    if PROCESS.get().is_some_and(|p| p.rdpid) {
+        // SAFETY: the CPU has `rdpid`.
+        return unsafe { arch::rdpid() };
+    }
+    sys::sched_getcpu()
+}
+
+// ------------------------------------------------------------------------------------------
+// Reporting.
 
 /// Who owns the calling thread's rseq area.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,10 +485,6 @@ pub struct Unavailable {
 }
 
 impl Unavailable {
-    fn from_errno(errno: i32) -> Self {
-        Unavailable { errno: Some(errno), reason: sys::explain_rseq_errno(errno) }
-    }
-
     /// The errno's symbolic name (`"ENOSYS"`, ...), or `None`.
     pub fn errno_name(&self) -> Option<&'static str> {
         self.errno.map(sys::errno_name)
@@ -87,310 +512,66 @@ impl fmt::Display for Registration {
     }
 }
 
-/// What the process knows about rseq, computed once.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Process {
-    /// `(__rseq_offset, __rseq_size)` when glibc registers threads.
-    pub glibc: Option<(isize, u32)>,
-    /// `AT_RSEQ_FEATURE_SIZE`.
-    pub feature_size: Option<usize>,
-    /// `AT_RSEQ_ALIGN`.
-    pub align: Option<usize>,
-}
-
-pub(crate) fn process() -> &'static Process {
-    static P: OnceLock<Process> = OnceLock::new();
-    P.get_or_init(|| {
-        let p = Process { glibc: glibc_rseq(), feature_size: sys::rseq_feature_size(), align: sys::rseq_align() };
-        USABLE_LEN.store(compute_usable_len(&p), Ordering::Relaxed);
-        p
-    })
-}
-
-fn glibc_rseq() -> Option<(isize, u32)> {
-    let size = sys::dlsym(c"__rseq_size")?;
-    let offset = sys::dlsym(c"__rseq_offset")?;
-    // SAFETY: glibc defines `const unsigned int __rseq_size` and `const ptrdiff_t __rseq_offset`;
-    // both are written before main and never change afterwards.
-    let (size, offset) = unsafe { (*(size as *const u32), *(offset as *const isize)) };
-    (size != 0).then_some((offset, size))
-}
-
-/// Per-thread state beyond the area pointer.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum State {
-    Unknown,
-    Ready,
-    Unavailable(Option<i32>, &'static str),
-    Exited,
-}
-
-thread_local! {
-    /// The calling thread's usable area, or null. Constant-initialised and without `Drop`, so a
-    /// read is a single thread-pointer-relative load.
-    static AREA: Cell<*mut abi::Rseq> = const { Cell::new(ptr::null_mut()) };
-    /// The registered area (set even in degraded mode, where `AREA` stays null).
-    static REGISTERED: Cell<*mut abi::Rseq> = const { Cell::new(ptr::null_mut()) };
-    static STATE: Cell<State> = const { Cell::new(State::Unknown) };
-    /// Our own registration, unregistered and freed when the thread exits.
-    static OWN: RefCell<Option<OwnArea>> = const { RefCell::new(None) };
-}
-
-struct OwnArea {
-    ptr: *mut abi::Rseq,
-    layout: Layout,
-    len: u32,
-}
-
-impl Drop for OwnArea {
-    fn drop(&mut self) {
-        AREA.with(|a| a.set(ptr::null_mut()));
-        REGISTERED.with(|a| a.set(ptr::null_mut()));
-        STATE.with(|s| s.set(State::Exited));
-        // SAFETY: `ptr`/`len` are what this thread registered, with the same signature.
-        let unregistered = unsafe { sys::rseq(self.ptr, self.len, abi::RSEQ_FLAG_UNREGISTER, abi::RSEQ_SIG) };
-        if unregistered.is_ok() {
-            // SAFETY: allocated with this layout in `register_own`; the kernel no longer
-            // writes to it after a successful unregistration.
-            unsafe { std::alloc::dealloc(self.ptr.cast(), self.layout) };
-            LIVE_OWN_AREAS.fetch_sub(1, Ordering::Relaxed);
-        }
-        // If unregistration failed the kernel may still write to the area: leak it.
-    }
-}
-
-/// The calling thread's rseq area, or null when it has none (never registered successfully,
-/// refused, or the thread is exiting).
-#[inline(always)]
-pub(crate) fn area() -> *mut abi::Rseq {
-    let p = AREA.with(Cell::get);
-    if !p.is_null() { p } else { area_slow() }
-}
-
-#[cold]
-#[inline(never)]
-fn area_slow() -> *mut abi::Rseq {
-    if thread_state() != State::Ready || !mode().is_fast() {
-        // No area, or degraded: the area stays registered (and reported), but no section runs.
-        return ptr::null_mut();
-    }
-    let p = REGISTERED.with(Cell::get);
-    AREA.with(|a| a.set(p));
-    p
-}
-
-/// The calling thread's registration state, registering now if it was never tried.
-fn thread_state() -> State {
-    if STATE.with(Cell::get) == State::Unknown {
-        let state = init_thread();
-        STATE.with(|s| s.set(state));
-    }
-    STATE.with(Cell::get)
-}
-
-/// How the process runs its operations, decided once, before the first critical section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mode {
-    /// rseq fast paths; the guard plus the membarrier rseq fence for the slow path.
-    Fast,
-    /// Every operation goes through the guard words, used as per-CPU locks (no fence);
-    /// `sched_getcpu` picks the CPU. Correct, only slower.
-    Degraded(Degraded),
-}
-
-/// Why the process runs in [`Mode::Degraded`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Degraded {
-    /// The thread that decided could not use rseq.
-    NoRseq(Unavailable),
-    /// rseq works, but membarrier's rseq fence (needed to stop a CPU's fast paths) does not.
-    NoFence {
-        /// The errno of `membarrier(REGISTER_PRIVATE_EXPEDITED_RSEQ)`, if it failed with one.
-        errno: Option<i32>,
-    },
-    /// The environment variable `RESTARTABLE_FORCE_DEGRADED=1` asked for it (tests, stress).
-    Forced,
-}
-
-impl Mode {
-    /// True for [`Mode::Fast`].
-    pub fn is_fast(&self) -> bool {
-        matches!(self, Mode::Fast)
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Mode::Fast => f.write_str("fast (rseq fast paths, guard + membarrier rseq fence slow path)"),
-            Mode::Degraded(Degraded::NoRseq(u)) => write!(f, "degraded: rseq unavailable ({u})"),
-            Mode::Degraded(Degraded::NoFence { errno }) => write!(
-                f,
-                "degraded: membarrier rseq fence unavailable ({})",
-                errno.map_or("the kernel does not offer PRIVATE_EXPEDITED_RSEQ", sys::errno_name)
-            ),
-            Mode::Degraded(Degraded::Forced) => f.write_str("degraded: forced by RESTARTABLE_FORCE_DEGRADED"),
-        }
-    }
-}
-
-static MODE: OnceLock<Mode> = OnceLock::new();
-
-/// The process's [`Mode`], deciding it on first use: degraded if forced, if the calling
-/// thread cannot use rseq, or if membarrier's rseq fence cannot be registered.
-pub fn mode() -> &'static Mode {
-    MODE.get_or_init(|| {
-        if std::env::var_os("RESTARTABLE_FORCE_DEGRADED").is_some_and(|v| v == "1") {
-            return Mode::Degraded(Degraded::Forced);
-        }
-        if let State::Unavailable(errno, reason) = thread_state() {
-            return Mode::Degraded(Degraded::NoRseq(Unavailable { errno, reason }));
-        }
-        match register_fence() {
-            Ok(()) => Mode::Fast,
-            Err(errno) => Mode::Degraded(Degraded::NoFence { errno }),
-        }
-    })
-}
-
-fn register_fence() -> Result<(), Option<i32>> {
-    static FENCE: OnceLock<Result<(), Option<i32>>> = OnceLock::new();
-    *FENCE.get_or_init(|| {
-        if sys::membarrier_query() & abi::membarrier::CMD_PRIVATE_EXPEDITED_RSEQ == 0 {
-            // Either the kernel lacks it or the query itself was refused: registering says which.
-            return Err(sys::membarrier_register_rseq().err().and_then(|e| e.raw_os_error()));
-        }
-        sys::membarrier_register_rseq().map_err(|e| e.raw_os_error())
-    })
-}
-
-/// Make sure the process is registered for membarrier's rseq fence (once, thread-safely).
-pub(crate) fn fence_registered() -> std::io::Result<()> {
-    register_fence().map_err(|e| std::io::Error::from_raw_os_error(e.unwrap_or(libc::ENOSYS)))
-}
-
-fn init_thread() -> State {
-    let p = process();
-    if let Some((offset, _)) = p.glibc {
-        let area = arch::thread_pointer().wrapping_offset(offset).cast::<abi::Rseq>();
-        // SAFETY: glibc places a registered (or registration-failed) area at this offset from
-        // every thread's thread pointer; we only read its `cpu_id` atomically.
-        let cpu = unsafe { read_u32(area, abi::OFFSET_CPU_ID) };
-        return match cpu {
-            abi::CPU_ID_REGISTRATION_FAILED => {
-                State::Unavailable(None, "glibc's rseq registration failed for this thread (cpu_id is -2)")
-            }
-            abi::CPU_ID_UNINITIALIZED => State::Unavailable(
-                None,
-                "glibc did not register rseq for this thread (cpu_id is -1: not a glibc thread?)",
-            ),
-            _ => {
-                REGISTERED.with(|a| a.set(area));
-                State::Ready
-            }
-        };
-    }
-    register_own()
-}
-
-fn own_len(p: &Process) -> u32 {
-    p.feature_size.unwrap_or(0).max(abi::RSEQ_ORIG_SIZE) as u32
-}
-
-fn own_shape() -> (u32, usize) {
-    let p = process();
-    let len = own_len(p);
-    let align = p.align.unwrap_or(0).max(32).next_power_of_two();
-    (len, align)
-}
-
-fn register_own() -> State {
-    let (len, align) = own_shape();
-    // Make sure the destructor slot exists before registering, so a registration can always be
-    // undone at thread exit. During TLS teardown this fails and we stay unregistered.
-    if OWN.try_with(|_| ()).is_err() {
-        return State::Unavailable(None, "the thread is exiting");
-    }
-    let Ok(layout) = Layout::from_size_align((len as usize).next_multiple_of(align), align) else {
-        return State::Unavailable(Some(libc::EINVAL), "the kernel's rseq alignment is invalid");
-    };
-    // SAFETY: the layout has a non-zero size (at least 32).
-    let mem = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<abi::Rseq>();
-    if mem.is_null() {
-        return State::Unavailable(Some(libc::ENOMEM), "out of memory for the rseq area");
-    }
-    // SAFETY: `mem` is zeroed, `len` bytes long, aligned as the kernel asked; it stays allocated
-    // until `OwnArea::drop` unregisters it.
-    match unsafe { sys::rseq(mem, len, 0, abi::RSEQ_SIG) } {
-        Ok(()) => {
-            LIVE_OWN_AREAS.fetch_add(1, Ordering::Relaxed);
-            OWN.with(|o| *o.borrow_mut() = Some(OwnArea { ptr: mem, layout, len }));
-            REGISTERED.with(|a| a.set(mem));
-            State::Ready
-        }
-        Err(e) => {
-            // SAFETY: allocated just above with this layout and never registered.
-            unsafe { std::alloc::dealloc(mem.cast(), layout) };
-            let u = Unavailable::from_errno(e.raw_os_error().unwrap_or(0));
-            State::Unavailable(u.errno, u.reason)
-        }
-    }
-}
-
-/// Atomically read the `u32` field at `offset` of an area.
-///
-/// # Safety
-/// `area` must point to a live rseq area at least `offset + 4` bytes long.
-#[inline(always)]
-pub(crate) unsafe fn read_u32(area: *const abi::Rseq, offset: usize) -> u32 {
-    // SAFETY: the kernel writes these fields between our instructions, never concurrently with
-    // one of them from another CPU; an atomic load is the right Rust-side access for them.
-    unsafe { (*area.cast::<u8>().add(offset).cast::<AtomicU32>()).load(Ordering::Relaxed) }
-}
-
-/// How many bytes of the area the kernel keeps up to date: decides whether `node_id` and
-/// `mm_cid` can be read.
-pub(crate) fn usable_len() -> usize {
-    let _ = process();
-    USABLE_LEN.load(Ordering::Relaxed)
-}
-
-/// [`usable_len`] without making sure the process facts were read: exact for any thread that
-/// has an rseq area (it read them before getting one).
-#[inline(always)]
-pub(crate) fn usable_len_fast() -> usize {
-    USABLE_LEN.load(Ordering::Relaxed)
-}
-
-/// [`usable_len`], computed once when the process facts are read (before any thread gets an
-/// area, so a thread that has an area always sees the final value).
-static USABLE_LEN: AtomicUsize = AtomicUsize::new(0);
-
-fn compute_usable_len(p: &Process) -> usize {
-    let kernel = p.feature_size.unwrap_or(20);
-    match p.glibc {
-        Some((_, size)) if size as usize <= abi::RSEQ_ORIG_SIZE => kernel.min(abi::RSEQ_ORIG_SIZE),
-        Some((_, size)) => kernel.min(size as usize),
-        None => kernel.min(own_len(p) as usize),
-    }
-}
-
 /// How the calling thread's rseq area is provided (registering it now if it was not yet).
 pub fn registration() -> Registration {
-    let _ = thread_state();
-    let p = process();
-    match STATE.with(Cell::get) {
-        State::Ready => match p.glibc {
-            Some((offset, size)) => Registration::Glibc { offset, size },
-            None => {
-                let (len, align) = own_shape();
-                Registration::Own { len, align }
-            }
-        },
-        State::Unavailable(errno, reason) => Registration::Unavailable(Unavailable { errno, reason }),
-        State::Exited => Registration::Unavailable(Unavailable { errno: None, reason: "the thread is exiting" }),
-        State::Unknown => {
-            Registration::Unavailable(Unavailable { errno: None, reason: "registration has not been attempted" })
-        }
+    let Some(p) = process() else {
+        return Registration::Unavailable(Unavailable { errno: None, reason: "the first use is in progress" });
+    };
+    match (thread_ready(p), p.glibc) {
+        (Ok(()), Some((offset, size))) => Registration::Glibc { offset, size },
+        (Ok(()), None) => Registration::Own { len: p.own_len, align: arch::OWN_AREA_LEN },
+        (Err(u), _) => Registration::Unavailable(u),
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Fork, and the library's lifetime in a process.
+
+static GENERATION: AtomicU32 = AtomicU32::new(0);
+
+/// The fork generation: how many `fork`s separate this process from the first one that loaded
+/// the library (guard owners from an older generation no longer exist).
+#[inline]
+pub(crate) fn generation() -> u32 {
+    GENERATION.load(Ordering::Relaxed)
+}
+
+/// `pthread_atfork` child handler: only the forking thread exists in the child.
+extern "C" fn after_fork_in_child() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+    PROCESS.forget_abandoned();
+    MODE.forget_abandoned();
+    // The child is a new process for membarrier: register it again if fences are in use.
+    if FENCE.load(Ordering::Relaxed) == 1 {
+        FENCE.store(0, Ordering::Relaxed);
+        let _ = register_fence();
+    }
+}
+
+/// Run when the library is loaded (an ELF constructor: before `main`, or inside `dlopen`).
+extern "C" fn on_load() {
+    // SAFETY: registers a handler that only touches this library's statics; null handlers are
+    // allowed.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    pin_library();
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static ON_LOAD: extern "C" fn() = on_load;
+
+/// Keep the object that contains this library mapped for the life of the process, so that
+/// `dlclose` never unmaps critical-section descriptors that a thread's `rseq_cs` may still
+/// point at (the kernel would then read an unmapped address and kill the process). In an
+/// executable this is a no-op.
+fn pin_library() {
+    // SAFETY: `Dl_info` is plain data; dladdr fills it for an address inside a loaded object.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: `on_load` is a function of this object; dladdr only reads loader state.
+    if unsafe { libc::dladdr(on_load as *const libc::c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        return;
+    }
+    // SAFETY: NOLOAD never loads anything: it returns the already loaded object (taking a
+    // reference that is never dropped) and marks it NODELETE, or null.
+    unsafe { libc::dlopen(info.dli_fname, libc::RTLD_LAZY | libc::RTLD_NOLOAD | libc::RTLD_NODELETE) };
 }

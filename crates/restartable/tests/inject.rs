@@ -86,7 +86,7 @@ fn the_invariant_catches_an_op_that_commits_twice() {
     while committed < 1000 {
         let i = restartable::current_cpu();
         // SAFETY: slot `i` is only written by this thread.
-        if unsafe { restartable::inject::broken_load_add_store_commits_twice(&slots[i], 1, i) } == Outcome::Committed {
+        if unsafe { restartable::ops::sabotage::load_add_store_commits_twice(&slots[i], 1, i) } == Outcome::Committed {
             committed += 1;
         }
     }

@@ -20,8 +20,16 @@ use restartable::{Degraded, Mode, Registration};
 
 /// `__rseq_size` and `__rseq_offset` as glibc exports them (None without glibc 2.35+).
 fn glibc_rseq_symbols() -> Option<(u32, isize)> {
-    let size = restartable::sys::dlsym(c"__rseq_size")?;
-    let offset = restartable::sys::dlsym(c"__rseq_offset")?;
+    // SAFETY: NUL-terminated names; RTLD_DEFAULT searches the global scope.
+    let (size, offset) = unsafe {
+        (
+            libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()),
+            libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()),
+        )
+    };
+    if size.is_null() || offset.is_null() {
+        return None;
+    }
     // SAFETY: glibc defines `const unsigned int __rseq_size` and `const ptrdiff_t
     // __rseq_offset`, written before main and never changed afterwards.
     Some(unsafe { (*(size as *const u32), *(offset as *const isize)) })

@@ -1,5 +1,6 @@
 //! Registration under thread churn: 1,000 short threads, each registering (own-area mode) or
-//! borrowing (glibc) an area, doing an op and exiting; areas are unregistered and freed.
+//! borrowing (glibc) an area, doing an op and exiting. Own areas are static TLS: each thread
+//! registers once, and nothing is left behind (RSS stays flat).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -46,12 +47,16 @@ fn check_churn() {
     };
     run(200); // warm up the allocator and thread stacks
     let before = rss_kib();
-    let live_before = restartable::live_own_areas();
+    let registered_before = restartable::own_registrations();
     run(1000);
     let after = rss_kib();
     let total: usize = words.iter().map(|w| w.load(Relaxed)).sum();
     assert_eq!(total, 1200, "every thread's op counted exactly once");
-    assert_eq!(restartable::live_own_areas(), live_before, "every own area was unregistered and freed");
+    let registered = restartable::own_registrations() - registered_before;
+    match restartable::registration() {
+        Registration::Own { .. } => assert_eq!(registered, 1000, "each thread registers its own area once"),
+        _ => assert_eq!(registered, 0, "glibc's areas are borrowed, never registered"),
+    }
     eprintln!("RSS {before} KiB -> {after} KiB over 1000 threads");
     assert!(after < before + 2048, "RSS grew by {} KiB over 1000 threads", after - before);
 }
@@ -67,17 +72,23 @@ fn thousand_threads_own_area() {
     if std::env::var_os("RESTARTABLE_CHILD").is_some() {
         assert!(matches!(restartable::status().registration, Registration::Own { .. }), "own area expected");
         check_churn();
-        // A thread that exits by panicking still unregisters and frees its area.
-        let live = restartable::live_own_areas();
+        // A thread that exits by panicking leaves nothing registered behind: the next threads
+        // (which may reuse its stack and static TLS) register afresh and count exactly.
+        let registered = restartable::own_registrations();
         let r = std::thread::spawn(move || {
             assert!(matches!(restartable::registration(), Registration::Own { .. }));
-            assert_eq!(restartable::live_own_areas(), live + 1);
             panic!("deliberate panic with a registered area");
         })
         .join();
         assert!(r.is_err());
-        assert_eq!(restartable::live_own_areas(), live, "the panicking thread's area was freed");
-        assert_eq!(restartable::live_own_areas(), 1, "only the main test thread's area is live");
+        let counter = restartable::Counter::new();
+        for _ in 0..4 {
+            std::thread::scope(|s| {
+                s.spawn(|| (0..10_000).for_each(|_| counter.add(1)));
+            });
+        }
+        assert_eq!(counter.sum(), 40_000);
+        assert_eq!(restartable::own_registrations(), registered + 5, "one registration per new thread");
         return;
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())

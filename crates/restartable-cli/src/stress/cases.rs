@@ -177,7 +177,7 @@ fn broken_counter(plan: &Plan) -> std::io::Result<Found> {
                         // SAFETY: slot `i` is written only by ops indexed by `i` and under guard
                         // `i` (the broken op's second add is the bug being demonstrated).
                         Some(s) => unsafe {
-                            restartable::inject::broken_load_add_store_commits_twice(s, n as usize, i)
+                            restartable::ops::sabotage::load_add_store_commits_twice(s, n as usize, i)
                         },
                         None => Outcome::Stopped,
                     },

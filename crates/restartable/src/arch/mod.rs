@@ -1,96 +1,97 @@
-//! Architecture-specific code: the critical sections of the op set and the thread pointer.
+//! The architecture layer: the only code that differs between instruction sets.
 //!
-//! Everything the rest of the crate needs from an architecture goes through this module; adding
-//! aarch64 means adding `aarch64.rs` with the same functions.
+//! One file per architecture with a fast path (`x86_64.rs`; `aarch64.rs` is the next one), plus
+//! `portable.rs`, which has no critical sections at all: a process built with it runs in
+//! degraded mode (correct everywhere Linux runs, only slower). The choice is made here, once:
+//! x86_64 gets its module unless the crate is built with `--cfg restartable_portable` (which CI
+//! uses to test the portable module on x86_64); every other architecture gets the portable one.
+//!
+//! Every module provides the same items:
+//! - `HAS_RSEQ`: whether it has critical sections;
+//! - `thread_pointer()`, `thread_block()`: the thread pointer and this thread's library block in
+//!   static TLS (the rseq area we register when glibc did not, and per-thread state);
+//! - `read_tp_u32(offset)`: a `u32` at a thread-pointer-relative offset (the hot path's index);
+//! - `glibc_rseq()`: glibc's `__rseq_offset` / `__rseq_size`, through weak references;
+//! - `has_rdpid()`, `rdpid()`: the current CPU from an instruction, where the CPU has one;
+//! - the critical sections of the op set, each `unsafe fn op<F: Field>(at: At, ...) -> Outcome`
+//!   (DESIGN.md section 3), `F` saying which field of the area holds the index.
 
-#[cfg(target_arch = "x86_64")]
+use core::sync::atomic::{AtomicI32, AtomicU32};
+
+#[cfg(all(target_arch = "x86_64", not(restartable_portable)))]
 mod x86_64;
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(restartable_portable)))]
 pub(crate) use x86_64::*;
 
-#[cfg(not(target_arch = "x86_64"))]
-compile_error!("restartable supports x86_64 only for now (aarch64 is planned)");
+#[cfg(any(not(target_arch = "x86_64"), restartable_portable))]
+mod portable;
+#[cfg(any(not(target_arch = "x86_64"), restartable_portable))]
+pub(crate) use portable::*;
 
-/// How a critical section ended. `ops::Outcome` mirrors it one to one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which field of the rseq area holds the index a section checks (`cpu_id` or `mm_cid`); the
+/// index modes implement it. Public only inside a private module (sealed).
+pub trait Field {
+    /// The field's offset in the area.
+    const FIELD: usize;
+}
+
+/// How an op ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[must_use = "an op that did not commit must be retried or completed on the slow path"]
 #[repr(u8)]
-pub(crate) enum Exit {
+pub enum Outcome {
+    /// The commit store happened: the op took effect exactly once.
     Committed = 0,
+    /// The op's own comparison failed; nothing was stored (but `out` for
+    /// [`load_cbeq_store_add_load_store`](crate::ops::load_cbeq_store_add_load_store) may hold a
+    /// value).
     CompareFailed = 1,
+    /// The kernel restarted the section (preemption, migration, signal) or the thread no longer
+    /// runs on `index`: nothing was committed, retry.
     Aborted = 2,
+    /// The guard word of `index` is set (another thread is operating on that CPU through the
+    /// slow path), or this thread has no usable rseq area: nothing was stored; take the slow path.
     Stopped = 3,
 }
 
-/// Delay injection (the `inject` feature): spin-loop counts for the numbered points compiled
-/// into every critical section. Absent from normal builds.
-#[cfg(feature = "inject")]
-pub mod inject {
-    use core::sync::atomic::{AtomicU64, Ordering};
-
-    /// Number of injection point slots (point 0 is unused; points are 1..=8).
-    pub const POINTS: usize = 9;
-
-    /// Spin counts per point, read by the assembly (index = point number).
-    pub(crate) static LOOPS: [AtomicU64; POINTS] = [const { AtomicU64::new(0) }; POINTS];
-
-    /// Where each point sits.
-    pub const DESCRIPTIONS: [&str; POINTS] = [
-        "0: unused (no delay)",
-        "1: after publishing the descriptor, before the CPU check",
-        "2: after the CPU check, before the guard check",
-        "3: after the guard check, before the first load",
-        "4: between the op's loads (or compare and stores)",
-        "5: just before the commit store",
-        "6: in the abort handler",
-        "7: slow path: after the guard is acquired, before the fence",
-        "8: slow path: while the CPU is stopped, before the operation",
-    ];
-
-    /// Spin for point `k`'s count (the Rust-side points 7 and 8).
-    #[inline]
-    pub(crate) fn delay(k: usize) {
-        let n = LOOPS[k].load(Ordering::Relaxed);
-        for _ in 0..n {
-            core::hint::spin_loop();
-        }
-    }
-
-    /// A deliberately broken `load_add_store` for showing that tests and the stress harness
-    /// can fail: it commits inside the section and then adds `count` once more outside it (a
-    /// second, unprotected commit). Never use it for anything else.
-    ///
-    /// # Safety
-    /// As [`ops::load_add_store`](crate::ops::load_add_store).
-    #[doc(hidden)]
-    pub unsafe fn broken_load_add_store_commits_twice(
-        v: *const core::sync::atomic::AtomicUsize,
-        count: usize,
-        index: usize,
-    ) -> crate::ops::Outcome {
-        // SAFETY: the caller's contract, as for the real op.
-        let o = unsafe { crate::ops::load_add_store::<crate::ops::Cpu>(v, count, index) };
-        if o == crate::ops::Outcome::Committed {
-            // SAFETY: `v` is valid (the caller's contract); this racy, non-atomic second add is
-            // the bug being demonstrated.
-            unsafe {
-                let p = (*v).as_ptr();
-                p.write_volatile(p.read_volatile().wrapping_add(count));
-            }
-        }
-        o
-    }
-
-    /// Set the spin count of point `k` (1..=8; others are ignored) for every thread.
-    pub fn set(k: usize, loops: u64) {
-        if let Some(l) = LOOPS.get(k) {
-            l.store(loops, Ordering::Relaxed);
-        }
-    }
-
-    /// Reset every point to 0.
-    pub fn clear() {
-        for l in &LOOPS {
-            l.store(0, Ordering::Relaxed);
-        }
-    }
+/// Where a critical section runs: the calling thread's rseq area, the index the caller read
+/// (CPU number or mm_cid), and the guard word that stops that index for the data concerned.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At {
+    /// The calling thread's registered rseq area, as its offset from the thread pointer (the
+    /// process-wide offset): sections address it thread-pointer-relative.
+    pub area: isize,
+    /// The index the caller used to find its data; the section re-checks it.
+    pub index: u32,
+    /// The guard word of `index` for this data.
+    pub guard: *const AtomicU32,
 }
+
+/// The size of the rseq area inside a [`ThreadBlock`]: room for kernels whose feature size and
+/// alignment reach 64 bytes (7.x kernels: 33 and 64). A kernel that wants more gets the original
+/// 32-byte registration, which every kernel accepts.
+pub(crate) const OWN_AREA_LEN: usize = 64;
+
+/// Per-thread library state, in static TLS (initial-exec model), so it is reachable from any
+/// code (signal handlers, a `dlopen`ed library) without `__tls_get_addr` or an allocation.
+#[repr(C, align(64))]
+pub(crate) struct ThreadBlock {
+    /// Our own rseq area (registered only when glibc registers none). `cpu_id` starts at -1.
+    pub area: [u8; OWN_AREA_LEN],
+    /// Registration state of this thread (`thread::State`).
+    pub state: AtomicU32,
+    /// The errno that refused our registration, or 0.
+    pub errno: AtomicI32,
+    /// How many guard words this thread holds now (its own frames and its signal handlers').
+    pub held: AtomicU32,
+    /// The guard-owner token of this thread, and the fork generation it was computed in.
+    pub token: AtomicU32,
+    /// See `token`.
+    pub token_generation: AtomicU32,
+    _reserved: [u32; 11],
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ThreadBlock>() == 128);
+    assert!(core::mem::offset_of!(ThreadBlock, state) == OWN_AREA_LEN);
+};

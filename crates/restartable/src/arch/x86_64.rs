@@ -1,30 +1,146 @@
-//! x86_64 critical sections (Intel syntax), laid out as DESIGN.md section 3 describes.
+//! x86_64: critical sections in Intel syntax, laid out as DESIGN.md section 3 describes, the
+//! thread pointer, the static-TLS thread block, glibc's weak symbols and `rdpid`.
 //!
-//! Each op is one `asm!` block: a descriptor in `__rseq_cs`, the `rseq_cs` store, the index
-//! check (`cpu_id` at +4, or `mm_cid` at +24), the guard check, the op's body ending in a single
-//! commit store, and an abort handler in `__rseq_failure` preceded by the signature (encoded as
-//! `ud1`). Abort, stop and compare-failure leave through `label` operands.
+//! Each op is one `asm!` block: a descriptor in `__rseq_cs` (also listed in
+//! `__rseq_cs_ptr_array`), the `rseq_cs` store, the index check (`cpu_id` or `mm_cid`, chosen by
+//! the `F: Field` type parameter), the guard check, the op's body ending in a single commit
+//! instruction, and an abort handler in `__rseq_failure` preceded by the signature (encoded as
+//! `ud1`). Abort, stop and compare failure leave through `label` operands, and each of those
+//! exits is listed in `__rseq_exit_point_array` as a `(start_ip, exit_ip)` pair, so that
+//! debuggers and tracers can find our sections (the layout tools expect from the C reference
+//! library).
 //!
-//! On x86_64 (TSO) a release store is a plain `mov`; the `RELEASE` parameter exists so that the
-//! same API maps to `stlr` on aarch64. The `asm!` blocks are compiler barriers for memory.
+//! The area is addressed `fs:`-relative (its offset from the thread pointer is the process-wide
+//! offset), so no instruction computes its address; the commit goes to the caller's data through
+//! a plain pointer, never through `fs:` (an `fs:`-relative read-modify-write costs several
+//! times more than a plain one on AMD Zen 4).
+//!
+//! On x86_64 (TSO) a release store is a plain `mov`; the op set's `Release` ordering maps to
+//! `stlr` on aarch64. The `asm!` blocks are compiler barriers for memory.
 
-// The section functions take their operands one by one, exactly as the asm blocks use them.
-#![allow(clippy::too_many_arguments)]
+use core::arch::{asm, global_asm};
 
-use core::sync::atomic::AtomicU32;
+use super::{At, Field, Outcome, ThreadBlock};
+use crate::abi;
 
-use super::Exit;
-use crate::abi::Rseq;
+/// This architecture has rseq critical sections.
+pub(crate) const HAS_RSEQ: bool = true;
+
+/// The name of the thread block's TLS symbol: hidden, and versioned so that two major versions
+/// of this crate linked into one program each get their own.
+macro_rules! block_symbol {
+    () => {
+        concat!("restartable_", env!("CARGO_PKG_VERSION_MAJOR"), "_", env!("CARGO_PKG_VERSION_MINOR"), "_thread_block")
+    };
+}
+
+// The thread block (`ThreadBlock`, 128 bytes, 64-byte aligned) in `.tdata`, accessed with the
+// initial-exec TLS model (`@GOTTPOFF`): every thread's copy sits at the same offset from its
+// thread pointer, also in a `dlopen`ed library (which then takes static TLS, as the C
+// reference library's `__rseq_abi` does). `cpu_id` starts at -1: a section can never run on an
+// area the kernel does not know.
+global_asm!(
+    concat!(".pushsection .tdata.", block_symbol!(), ", \"awT\", @progbits"),
+    ".balign 64",
+    concat!(".globl ", block_symbol!()),
+    concat!(".hidden ", block_symbol!()),
+    concat!(".type ", block_symbol!(), ", @object"),
+    concat!(block_symbol!(), ":"),
+    ".long 0, 0xffffffff",
+    ".zero 120",
+    concat!(".size ", block_symbol!(), ", 128"),
+    ".popsection",
+);
 
 /// The thread pointer (`fs:0` holds its own address on x86_64 Linux).
 #[inline(always)]
 pub(crate) fn thread_pointer() -> *mut u8 {
     let tp: *mut u8;
-    // SAFETY: on x86_64 Linux the TCB's first word is its own address (the TLS ABI).
+    // SAFETY: on x86_64 Linux the TCB's first word is its own address (the TLS ABI). `nomem` and
+    // `pure` let the compiler hoist the read out of loops: the value is constant for the calling
+    // thread, and Rust code never changes threads inside a function activation (async code is
+    // split into separate functions at its await points before code generation).
     unsafe {
-        core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags, pure));
+        asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, nomem, preserves_flags, pure));
     }
     tp
+}
+
+/// The `u32` at `offset` from the thread pointer, read once (the kernel may change it between
+/// two reads).
+///
+/// # Safety
+/// `fs:offset .. fs:offset + 4` is readable memory of the calling thread.
+#[inline(always)]
+pub(crate) unsafe fn read_tp_u32(offset: isize) -> u32 {
+    let v: u32;
+    // SAFETY: the caller's contract.
+    unsafe {
+        asm!("mov {v:e}, dword ptr fs:[{o}]", o = in(reg) offset, v = out(reg) v, options(nostack, readonly, preserves_flags));
+    }
+    v
+}
+
+/// The calling thread's [`ThreadBlock`].
+#[inline(always)]
+pub(crate) fn thread_block() -> *mut ThreadBlock {
+    let offset: isize;
+    // SAFETY: reads the GOT slot holding the block's offset from the thread pointer (or, in an
+    // executable, the linker turns it into an immediate); the value never changes.
+    unsafe {
+        asm!(
+            concat!("mov {}, qword ptr [rip + ", block_symbol!(), "@GOTTPOFF]"),
+            out(reg) offset,
+            options(nostack, nomem, preserves_flags, pure),
+        );
+    }
+    thread_pointer().wrapping_offset(offset).cast()
+}
+
+/// glibc's `(__rseq_offset, __rseq_size)` when glibc registers every thread's area itself
+/// (glibc 2.35+, with its registration on), else `None`. Weak references: they resolve to null
+/// where no glibc defines them (older glibc, musl), and they work in static binaries, where
+/// `dlsym` sees nothing.
+pub(crate) fn glibc_rseq() -> Option<(isize, u32)> {
+    let (offset, size): (*const isize, *const u32);
+    // SAFETY: loads two GOT slots; a weak undefined symbol's slot holds 0.
+    unsafe {
+        asm!(
+            ".weak __rseq_offset",
+            ".weak __rseq_size",
+            "mov {o}, qword ptr [rip + __rseq_offset@GOTPCREL]",
+            "mov {s}, qword ptr [rip + __rseq_size@GOTPCREL]",
+            o = out(reg) offset,
+            s = out(reg) size,
+            options(nostack, nomem, preserves_flags, pure),
+        );
+    }
+    if offset.is_null() || size.is_null() {
+        return None;
+    }
+    // SAFETY: glibc defines `const unsigned int __rseq_size` and `const ptrdiff_t __rseq_offset`,
+    // written before any user code runs and never changed afterwards.
+    let (offset, size) = unsafe { (offset.read(), size.read()) };
+    (size != 0).then_some((offset, size))
+}
+
+/// Whether the CPU has `rdpid` (CPUID leaf 7, ECX bit 22).
+pub(crate) fn has_rdpid() -> bool {
+    // CPUID is available on every x86_64 CPU; leaf 7 only where leaf 0 reports it.
+    let max = core::arch::x86_64::__cpuid(0).eax;
+    max >= 7 && core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 22) != 0
+}
+
+/// The current CPU number from `rdpid` (Linux keeps `(node << 12) | cpu` in `TSC_AUX`).
+///
+/// # Safety
+/// [`has_rdpid`] returned true.
+#[inline(always)]
+pub(crate) unsafe fn rdpid() -> usize {
+    let aux: u64;
+    // SAFETY: the caller checked that the instruction exists; it has no other effect.
+    unsafe { asm!("rdpid {}", out(reg) aux, options(nostack, nomem, preserves_flags)) };
+    (aux & 0xfff) as usize
 }
 
 /// A delay-injection point: in `inject` builds a spin loop whose count is read from
@@ -46,25 +162,30 @@ macro_rules! point {
 #[cfg(feature = "inject")]
 macro_rules! inject_operand {
     ($($rest:tt)*) => {
-        core::arch::asm!($($rest)* dly = in(reg) super::inject::LOOPS.as_ptr(),)
+        asm!($($rest)* dly = in(reg) crate::inject::LOOPS.as_ptr(),)
     };
 }
 #[cfg(not(feature = "inject"))]
 macro_rules! inject_operand {
     ($($rest:tt)*) => {
-        core::arch::asm!($($rest)*)
+        asm!($($rest)*)
     };
 }
 
-/// One critical section. `$off` is the offset of the index field (4 = cpu_id, 24 = mm_cid).
-macro_rules! section {
-    (@asm $off:literal, $area:expr, $index:expr, $guard:expr, [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
-        section!(@asm_checked $off, $area, $index, $guard, ["cmp dword ptr [{guard}], 0", "jne {stopped}"],
-            [$($body),*], [$($operands)*])
+/// An extra exit of a section (besides abort and stop), listed for tools.
+macro_rules! exit_point {
+    ($label:literal) => {
+        concat!(".pushsection __rseq_exit_point_array, \"awR\"\n.quad 5b, {", $label, "}\n.popsection")
     };
-    // `$check` is the guard check; only the benchmark-only unguarded op replaces it (with a
-    // comment naming the operands, which asm! requires to be used).
-    (@asm_checked $off:literal, $area:expr, $index:expr, $guard:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
+}
+
+/// One critical section on `$at` with the index field `$field`. `$check` is the guard check
+/// (only the benchmark-only unguarded op replaces it, with a comment naming the operands).
+macro_rules! section {
+    ($field:expr, $at:expr, [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
+        section!(@checked $field, $at, ["cmp dword ptr [{guard}], 0", "jne {stopped}"], [$($body),*], [$($operands)*])
+    };
+    (@checked $field:expr, $at:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
         inject_operand!(
             ".pushsection __rseq_cs, \"aw\"",
             ".balign 32",
@@ -72,120 +193,106 @@ macro_rules! section {
             ".long 0, 0",
             ".quad 5f, (6f - 5f), 8f",
             ".popsection",
+            ".pushsection __rseq_cs_ptr_array, \"awR\"",
+            ".quad 7b",
+            ".popsection",
             "lea {cs}, [rip + 7b]",
-            "mov qword ptr [{area} + 8], {cs}",
+            "mov qword ptr fs:[{area} + {rseq_cs}], {cs}",
             "5:",
             point!(1),
-            concat!("cmp dword ptr [{area} + ", $off, "], {index:e}"),
+            "cmp dword ptr fs:[{area} + {field}], {index:e}",
             "jne {abort}",
             point!(2),
             $($check,)*
             point!(3),
             $($body,)*
             "6:",
+            ".pushsection __rseq_exit_point_array, \"awR\"",
+            ".quad 5b, {abort}",
+            ".quad 5b, {stopped}",
+            ".popsection",
             ".pushsection __rseq_failure, \"ax\"",
             ".byte 0x0f, 0xb9, 0x3d",
-            ".long 0x53053053",
+            ".long {sig}",
             "8:",
             point!(6),
             "jmp {abort}",
             ".popsection",
-            area = in(reg) $area,
-            index = in(reg) $index,
-            guard = in(reg) $guard,
+            area = in(reg) $at.area,
+            index = in(reg) $at.index,
+            guard = in(reg) $at.guard,
+            field = const $field,
+            rseq_cs = const abi::OFFSET_RSEQ_CS,
+            sig = const abi::RSEQ_SIG,
             cs = out(reg) _,
-            abort = label { return Exit::Aborted },
-            stopped = label { return Exit::Stopped },
+            abort = label { return Outcome::Aborted },
+            stopped = label { return Outcome::Stopped },
             $($operands)*
             options(nostack),
         )
     };
-    ($mmcid:expr, $area:expr, $index:expr, $guard:expr, $body:tt, $operands:tt) => {
-        if $mmcid {
-            section!(@asm "24", $area, $index, $guard, $body, $operands)
-        } else {
-            section!(@asm "4", $area, $index, $guard, $body, $operands)
-        }
-    };
 }
 
-// Every function below has the same contract:
+// Every section function below has the same contract:
 //
 // # Safety
-// `area` is the calling thread's registered rseq area; `guard` points to the guard word of
-// `index`; every other pointer is valid for the accesses the pseudo-code makes, and every
-// location the section stores to is only accessed by others atomically (or through critical
-// sections on the same CPU).
+// `at.area` is the offset of the calling thread's registered rseq area from its thread pointer,
+// and `F::FIELD` the offset of `cpu_id` or `mm_cid` in it; `at.guard` points to the guard word of `at.index` for the data; every other
+// pointer is valid for the accesses the pseudo-code makes, and every location the section
+// stores to is accessed by others only atomically, or through critical sections on the same
+// index, or under that index's guard.
 
 /// `if *v != expect { CompareFailed }; *v = new`
 #[inline(always)]
-pub(crate) unsafe fn load_cbne_store(
-    mmcid: bool,
-    area: *mut Rseq,
-    guard: *const AtomicU32,
-    index: u32,
-    v: *mut usize,
-    expect: usize,
-    new: usize,
-) -> Exit {
-    // SAFETY: the function's contract above.
+pub(crate) unsafe fn cbne_store<F: Field>(at: At, v: *mut usize, expect: usize, new: usize) -> Outcome {
+    // SAFETY: the contract above.
     unsafe {
-        section!(mmcid, area, index, guard, [
+        section!(F::FIELD, at, [
             "cmp qword ptr [{v}], {expect}",
             "jne {cmpfail}",
+            exit_point!("cmpfail"),
             point!(5),
             "mov qword ptr [{v}], {new}",
         ], [
             v = in(reg) v, expect = in(reg) expect, new = in(reg) new,
-            cmpfail = label { return Exit::CompareFailed },
+            cmpfail = label { return Outcome::CompareFailed },
         ]);
     }
-    Exit::Committed
+    Outcome::Committed
 }
 
-/// `*v += count`
+/// `*v += count` (one memory-destination `add` commits).
 #[inline(always)]
-pub(crate) unsafe fn load_add_store(
-    mmcid: bool,
-    area: *mut Rseq,
-    guard: *const AtomicU32,
-    index: u32,
-    v: *mut usize,
-    count: usize,
-) -> Exit {
-    // SAFETY: the function's contract above.
+pub(crate) unsafe fn add<F: Field>(at: At, v: *mut usize, count: usize) -> Outcome {
+    // SAFETY: the contract above.
     unsafe {
-        section!(mmcid, area, index, guard, [
-            "mov {t}, qword ptr [{v}]",
+        section!(F::FIELD, at, [
             point!(4),
-            "add {t}, {count}",
             point!(5),
-            "mov qword ptr [{v}], {t}",
+            "add qword ptr [{v}], {count}",
         ], [
-            v = in(reg) v, count = in(reg) count, t = out(reg) _,
+            v = in(reg) v, count = in(reg) count,
         ]);
     }
-    Exit::Committed
+    Outcome::Committed
 }
 
 /// `r = *v; if r == expectnot { CompareFailed }; *out = r; *v = *(r + off)`
 #[inline(always)]
-pub(crate) unsafe fn load_cbeq_store_add_load_store(
-    mmcid: bool,
-    area: *mut Rseq,
-    guard: *const AtomicU32,
-    index: u32,
+pub(crate) unsafe fn cbeq_pop<F: Field>(
+    at: At,
     v: *mut usize,
     expectnot: usize,
     off: usize,
     out: *mut usize,
-) -> Exit {
-    // SAFETY: the function's contract above.
+) -> Outcome {
+    // SAFETY: the contract above.
     unsafe {
-        section!(mmcid, area, index, guard, [
+        section!(F::FIELD, at, [
             "mov {t}, qword ptr [{v}]",
             "cmp {t}, {expectnot}",
             "je {cmpfail}",
+            exit_point!("cmpfail"),
             "mov qword ptr [{out}], {t}",
             point!(4),
             "mov {t}, qword ptr [{t} + {off}]",
@@ -193,58 +300,46 @@ pub(crate) unsafe fn load_cbeq_store_add_load_store(
             "mov qword ptr [{v}], {t}",
         ], [
             v = in(reg) v, expectnot = in(reg) expectnot, off = in(reg) off, out = in(reg) out,
-            t = out(reg) _, cmpfail = label { return Exit::CompareFailed },
+            t = out(reg) _, cmpfail = label { return Outcome::CompareFailed },
         ]);
     }
-    Exit::Committed
+    Outcome::Committed
 }
 
-/// `r = *(*p + off); *r += count`
+/// `r = *(*p + off); *r += count` (one memory-destination `add` commits).
 #[inline(always)]
-pub(crate) unsafe fn load_add_load_load_add_store(
-    mmcid: bool,
-    area: *mut Rseq,
-    guard: *const AtomicU32,
-    index: u32,
-    p: *mut usize,
-    off: usize,
-    count: usize,
-) -> Exit {
-    // SAFETY: the function's contract above.
+pub(crate) unsafe fn add_indirect<F: Field>(at: At, p: *mut usize, off: usize, count: usize) -> Outcome {
+    // SAFETY: the contract above.
     unsafe {
-        section!(mmcid, area, index, guard, [
+        section!(F::FIELD, at, [
             "mov {r}, qword ptr [{p}]",
             "mov {r}, qword ptr [{r} + {off}]",
             point!(4),
-            "mov {t}, qword ptr [{r}]",
-            "add {t}, {count}",
             point!(5),
-            "mov qword ptr [{r}], {t}",
+            "add qword ptr [{r}], {count}",
         ], [
-            p = in(reg) p, off = in(reg) off, count = in(reg) count, r = out(reg) _, t = out(reg) _,
+            p = in(reg) p, off = in(reg) off, count = in(reg) count, r = out(reg) _,
         ]);
     }
-    Exit::Committed
+    Outcome::Committed
 }
 
 /// `if *v != expect || *v2 != expect2 { CompareFailed }; *v = new`
 #[inline(always)]
-pub(crate) unsafe fn load_cbne_load_cbne_store(
-    mmcid: bool,
-    area: *mut Rseq,
-    guard: *const AtomicU32,
-    index: u32,
+pub(crate) unsafe fn cbne_cbne_store<F: Field>(
+    at: At,
     v: *mut usize,
     expect: usize,
     v2: *mut usize,
     expect2: usize,
     new: usize,
-) -> Exit {
-    // SAFETY: the function's contract above.
+) -> Outcome {
+    // SAFETY: the contract above.
     unsafe {
-        section!(mmcid, area, index, guard, [
+        section!(F::FIELD, at, [
             "cmp qword ptr [{v}], {expect}",
             "jne {cmpfail}",
+            exit_point!("cmpfail"),
             point!(4),
             "cmp qword ptr [{v2}], {expect2}",
             "jne {cmpfail}",
@@ -252,103 +347,101 @@ pub(crate) unsafe fn load_cbne_load_cbne_store(
             "mov qword ptr [{v}], {new}",
         ], [
             v = in(reg) v, expect = in(reg) expect, v2 = in(reg) v2, expect2 = in(reg) expect2,
-            new = in(reg) new, cmpfail = label { return Exit::CompareFailed },
+            new = in(reg) new, cmpfail = label { return Outcome::CompareFailed },
         ]);
     }
-    Exit::Committed
+    Outcome::Committed
 }
 
-/// `if *v != expect { CompareFailed }; *v2 = new2; *v = new` (the last store commits; with
-/// `RELEASE` it is a release store, which on x86_64 is the same `mov`).
+/// `if *v != expect { CompareFailed }; *v2 = new2; *v = new` (the last store commits; a release
+/// store is the same `mov` on x86_64).
 #[inline(always)]
-pub(crate) unsafe fn load_cbne_store_store(
-    mmcid: bool,
-    _release: bool,
-    area: *mut Rseq,
-    guard: *const AtomicU32,
-    index: u32,
+pub(crate) unsafe fn cbne_store_store<F: Field>(
+    at: At,
     v: *mut usize,
     expect: usize,
     v2: *mut usize,
     new2: usize,
     new: usize,
-) -> Exit {
-    // SAFETY: the function's contract above.
+) -> Outcome {
+    // SAFETY: the contract above.
     unsafe {
-        section!(mmcid, area, index, guard, [
+        section!(F::FIELD, at, [
             "cmp qword ptr [{v}], {expect}",
             "jne {cmpfail}",
+            exit_point!("cmpfail"),
+            point!(4),
             "mov qword ptr [{v2}], {new2}",
             point!(5),
             "mov qword ptr [{v}], {new}",
         ], [
             v = in(reg) v, expect = in(reg) expect, v2 = in(reg) v2, new2 = in(reg) new2,
-            new = in(reg) new, cmpfail = label { return Exit::CompareFailed },
+            new = in(reg) new, cmpfail = label { return Outcome::CompareFailed },
         ]);
     }
-    Exit::Committed
+    Outcome::Committed
 }
 
-/// `if *v != expect { CompareFailed }; copy len bytes src -> dst; *v = new`
+/// `if *v != expect { CompareFailed }; copy len bytes src -> dst; *v = new` (eight bytes at a
+/// time, then the tail byte by byte; a release store is the same `mov` on x86_64).
 #[inline(always)]
-pub(crate) unsafe fn load_cbne_memcpy_store(
-    mmcid: bool,
-    _release: bool,
-    area: *mut Rseq,
-    guard: *const AtomicU32,
-    index: u32,
+pub(crate) unsafe fn cbne_memcpy_store<F: Field>(
+    at: At,
     v: *mut usize,
     expect: usize,
     dst: *mut u8,
     src: *const u8,
     len: usize,
     new: usize,
-) -> Exit {
-    // SAFETY: the function's contract above.
+) -> Outcome {
+    // SAFETY: the contract above.
     unsafe {
-        section!(mmcid, area, index, guard, [
+        section!(F::FIELD, at, [
             "cmp qword ptr [{v}], {expect}",
             "jne {cmpfail}",
-            "test {len}, {len}",
-            "jz 3f",
+            exit_point!("cmpfail"),
+            "cmp {len}, 8",
+            "jb 3f",
             "2:",
-            "mov {b}, byte ptr [{src}]",
-            "mov byte ptr [{dst}], {b}",
+            "mov {t}, qword ptr [{src}]",
+            "mov qword ptr [{dst}], {t}",
+            "add {src}, 8",
+            "add {dst}, 8",
+            "sub {len}, 8",
+            "cmp {len}, 8",
+            "jae 2b",
+            "3:",
+            "test {len}, {len}",
+            "jz 4f",
+            "mov {t:l}, byte ptr [{src}]",
+            "mov byte ptr [{dst}], {t:l}",
             "inc {src}",
             "inc {dst}",
             "dec {len}",
-            "jnz 2b",
-            "3:",
+            "jmp 3b",
+            "4:",
             point!(5),
             "mov qword ptr [{v}], {new}",
         ], [
             v = in(reg) v, expect = in(reg) expect, new = in(reg) new,
             dst = inout(reg) dst => _, src = inout(reg) src => _, len = inout(reg) len => _,
-            b = out(reg_byte) _, cmpfail = label { return Exit::CompareFailed },
+            t = out(reg) _, cmpfail = label { return Outcome::CompareFailed },
         ]);
     }
-    Exit::Committed
+    Outcome::Committed
 }
 
 /// `*v += count` without the guard check: exists only so that benchmarks can measure what the
 /// guard check costs, side by side. Never used by the library.
 #[inline(always)]
-pub(crate) unsafe fn load_add_store_unguarded(
-    area: *mut Rseq,
-    guard: *const AtomicU32,
-    index: u32,
-    v: *mut usize,
-    count: usize,
-) -> Exit {
-    // SAFETY: the function's contract above (the guard is named, not read).
+pub(crate) unsafe fn add_unguarded<F: Field>(at: At, v: *mut usize, count: usize) -> Outcome {
+    // SAFETY: the contract above (the guard is named, not read).
     unsafe {
-        section!(@asm_checked "4", area, index, guard, ["# unguarded: {guard} {stopped}"], [
-            "mov {t}, qword ptr [{v}]",
-            "add {t}, {count}",
-            "mov qword ptr [{v}], {t}",
+        section!(@checked F::FIELD, at, ["# unguarded: {guard} {stopped}"], [
+            "add qword ptr [{v}], {count}",
         ], [
-            v = in(reg) v, count = in(reg) count, t = out(reg) _,
+            v = in(reg) v, count = in(reg) count,
         ]);
     }
-    Exit::Committed
+    Outcome::Committed
 }

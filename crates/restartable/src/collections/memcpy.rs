@@ -1,25 +1,19 @@
 use core::fmt;
 use core::mem::{MaybeUninit, size_of};
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 
-use crate::guard::{self, GuardError};
-use crate::ops::{self, Cpu, Index, Outcome, Release};
-use crate::percpu::PerCpu;
-use crate::retry::{self, Path};
+use super::ring::{Items, Rings};
+use crate::cpu::{Cpu, Index};
+use crate::guard::GuardError;
+use crate::pool::PoolError;
 
 /// The largest item a [`MemcpyBuffer`] holds: the op vector's memcpy limit (the kernel
-/// `cpu_opv` proposal's), so that every push and pop has a slow path.
+/// `cpu_opv` proposal's), so that every push and pop has a slow path of the same size.
 pub const MAX_ITEM: usize = crate::opv::MAX_LEN;
-
-struct Ring {
-    count: AtomicUsize,
-    bytes: Box<[AtomicU8]>,
-}
 
 /// A fixed-capacity per-CPU buffer of `Copy` items stored inline: `push` copies the item into
 /// the current CPU's array and commits the new count in one section
 /// (`load_cbne_memcpy_store`); `pop` copies the last item out the same way. No allocation per
-/// item.
+/// item; items are only ever handled as bytes (raw pointers), so zero-sized types work too.
 ///
 /// `T` must fit the op vector's copy limit ([`MAX_ITEM`] = 4096 bytes); a larger `T`
 /// is a compile-time error:
@@ -40,8 +34,7 @@ struct Ring {
 /// assert_eq!(b.pop(), None);
 /// ```
 pub struct MemcpyBuffer<T: Copy, I: Index = Cpu> {
-    rings: PerCpu<Ring, I>,
-    capacity: usize,
+    rings: Rings<I>,
     _items: core::marker::PhantomData<T>,
 }
 
@@ -57,147 +50,78 @@ impl<T: Copy, I: Index> MemcpyBuffer<T, I> {
         "MemcpyBuffer<T>: T is larger than the op vector's copy limit (4096 bytes)"
     );
 
-    /// A buffer holding up to `per_cpu` items of `T` on each CPU.
+    /// A buffer holding up to `per_cpu` items of `T` on each CPU (no per-CPU memory is touched
+    /// until a CPU pushes).
     ///
     /// # Panics
-    /// If `per_cpu * size_of::<T>()` overflows `usize`.
+    /// If the per-CPU pool cannot hold `per_cpu` items per CPU
+    /// ([`try_with_capacity`](Self::try_with_capacity) returns the error).
     pub fn with_capacity(per_cpu: usize) -> Self {
+        Self::try_with_capacity(per_cpu).unwrap_or_else(|e| panic!("MemcpyBuffer::with_capacity({per_cpu}): {e}"))
+    }
+
+    /// [`with_capacity`](Self::with_capacity), returning the pool's error instead of panicking.
+    pub fn try_with_capacity(per_cpu: usize) -> Result<Self, PoolError> {
         let () = Self::SIZE_OK;
-        let bytes = per_cpu.checked_mul(size_of::<T>()).expect("MemcpyBuffer capacity overflows");
-        MemcpyBuffer {
-            rings: PerCpu::new(|_| Ring {
-                count: AtomicUsize::new(0),
-                bytes: (0..bytes).map(|_| AtomicU8::new(0)).collect(),
-            }),
-            capacity: per_cpu,
+        Ok(MemcpyBuffer {
+            rings: Rings::new(per_cpu, Items::Bytes(size_of::<T>()))?,
             _items: core::marker::PhantomData,
-        }
+        })
     }
 
     /// The capacity of each CPU's buffer.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.rings.capacity()
     }
 
-    /// Copy `item` into the current CPU's buffer, or give it back if that buffer is full.
+    /// Copy `item` into the current CPU's buffer, or give it back if that buffer is full (or,
+    /// in a signal handler that interrupted an operation on this buffer, out of reach).
+    /// Async-signal-safe.
     pub fn push(&self, item: T) -> Result<(), T> {
-        let sz = size_of::<T>();
-        let src = (&raw const item).cast::<u8>();
-        loop {
-            let full = core::cell::Cell::new(false);
-            let path = retry::run::<I, bool>(
-                |i| {
-                    let Some(r) = self.rings.get(i) else { return Outcome::Stopped };
-                    let c = r.count.load(Relaxed);
-                    if c >= self.capacity {
-                        full.set(true);
-                        return Outcome::CompareFailed;
-                    }
-                    let dst = r.bytes[c * sz..].as_ptr();
-                    // SAFETY: ring `i` is written only by sections indexed by `i` and under
-                    // guard `i`; `dst` has room for `sz` bytes (c < capacity); `src` is a local.
-                    unsafe { ops::load_cbne_memcpy_store::<I, Release>(&r.count, c, dst, src, sz, c + 1, i) }
-                },
-                |stop| {
-                    let r = self.rings.get(stop.index()).expect("stop index is in range");
-                    let c = r.count.load(Relaxed);
-                    if c >= self.capacity {
-                        return false;
-                    }
-                    // SAFETY: the guard excludes every other access to this ring's bytes; the
-                    // destination has room for `sz` bytes; an untyped copy keeps padding opaque.
-                    unsafe { core::ptr::copy_nonoverlapping(src, r.bytes[c * sz..].as_ptr() as *mut u8, sz) };
-                    r.count.store(c + 1, Relaxed);
-                    true
-                },
-            );
-            return match path {
-                Path::Fast(Outcome::Committed) | Path::Slow(true) => Ok(()),
-                Path::Fast(Outcome::CompareFailed) if !full.get() => continue,
-                _ => Err(item),
-            };
-        }
+        // SAFETY: `item` is a readable `T`.
+        if unsafe { self.rings.push((&raw const item).cast()) } { Ok(()) } else { Err(item) }
     }
 
     /// Copy out and remove the last item of the current CPU's buffer, or `None` if it is empty.
+    /// Async-signal-safe.
     pub fn pop(&self) -> Option<T> {
-        let sz = size_of::<T>();
         let mut out = MaybeUninit::<T>::uninit();
-        let dst = out.as_mut_ptr().cast::<AtomicU8>();
-        loop {
-            let empty = core::cell::Cell::new(false);
-            let path = retry::run::<I, bool>(
-                |i| {
-                    let Some(r) = self.rings.get(i) else { return Outcome::Stopped };
-                    let c = r.count.load(Relaxed);
-                    if c == 0 {
-                        empty.set(true);
-                        return Outcome::CompareFailed;
-                    }
-                    let src = r.bytes[(c - 1) * sz..].as_ptr().cast::<u8>();
-                    // SAFETY: ring `i` is written only by sections indexed by `i` and under
-                    // guard `i`; the copy reads a published item and writes our local `out`.
-                    unsafe { ops::load_cbne_memcpy_store::<I, Release>(&r.count, c, dst, src, sz, c - 1, i) }
-                },
-                |stop| {
-                    let r = self.rings.get(stop.index()).expect("stop index is in range");
-                    let c = r.count.load(Relaxed);
-                    if c == 0 {
-                        return false;
-                    }
-                    // SAFETY: the guard excludes every other access to this ring; the item at
-                    // `c - 1` was published by a push; `out` is a local of `sz` bytes.
-                    unsafe {
-                        core::ptr::copy_nonoverlapping(
-                            r.bytes[(c - 1) * sz..].as_ptr() as *const u8,
-                            dst.cast::<u8>(),
-                            sz,
-                        )
-                    };
-                    r.count.store(c - 1, Relaxed);
-                    true
-                },
-            );
-            return match path {
-                // SAFETY: a committed section (or the slow path) copied a whole pushed `T`.
-                Path::Fast(Outcome::Committed) | Path::Slow(true) => Some(unsafe { out.assume_init() }),
-                Path::Fast(Outcome::CompareFailed) if !empty.get() => continue,
-                _ => None,
-            };
-        }
+        // SAFETY: `out` has room for one `T`; a successful pop copied a whole pushed `T` into it.
+        unsafe { self.rings.pop(out.as_mut_ptr().cast()).then(|| out.assume_init()) }
     }
 
     /// Copy out and remove every item of CPU `cpu`'s buffer, from any thread.
     pub fn drain_cpu(&self, cpu: usize) -> Result<Vec<T>, GuardError> {
-        let r = self.rings.get(cpu).ok_or(GuardError::OutOfRange { index: cpu, limit: self.rings.len() })?;
-        if r.count.load(Relaxed) == 0 {
-            return Ok(Vec::new());
+        // Allocated before the guard is taken: nothing allocates under it.
+        let mut out: Vec<T> = Vec::with_capacity(self.capacity());
+        // SAFETY: `out` has room for `capacity` items; the drained bytes are whole pushed `T`s.
+        unsafe {
+            let n = self.rings.drain_cpu(cpu, out.as_mut_ptr().cast())?;
+            out.set_len(n);
         }
-        let _stop = guard::stop::<I>(cpu)?;
-        let c = r.count.swap(0, Relaxed);
-        let sz = size_of::<T>();
-        Ok((0..c)
-            .map(|k| {
-                // SAFETY: slot `k < c` holds a pushed `T`; the guard excludes every writer. An
-                // unaligned read because the byte array has no alignment for `T`.
-                unsafe { (r.bytes[k * sz..].as_ptr() as *const T).read_unaligned() }
-            })
-            .collect())
+        Ok(out)
     }
 
-    /// Copy out and remove every item of every CPU's buffer.
+    /// Copy out and remove every item of every CPU's buffer. Called while the thread holds a
+    /// guard (a signal handler), it leaves the buffers it would have to wait for.
     ///
     /// # Panics
     /// If the membarrier fence fails (see [`Stack::drain_all`](crate::Stack::drain_all)).
     pub fn drain_all(&self) -> Vec<T> {
-        (0..self.rings.len())
-            .flat_map(|cpu| self.drain_cpu(cpu).unwrap_or_else(|e| panic!("MemcpyBuffer::drain_all: {e}")))
-            .collect()
+        let mut out = Vec::new();
+        for cpu in 0..crate::guard::limit() {
+            match self.drain_cpu(cpu) {
+                Ok(items) => out.extend(items),
+                Err(GuardError::Busy { .. }) => {}
+                Err(e) => panic!("MemcpyBuffer::drain_all: {e}"),
+            }
+        }
+        out
     }
 
     /// The number of items on each CPU (a snapshot).
     pub fn len_per_cpu(&self) -> Vec<usize> {
-        self.rings.iter().map(|(_, r)| r.count.load(Relaxed)).collect()
+        self.rings.len_per_cpu()
     }
 }
 
@@ -206,7 +130,7 @@ impl<T: Copy, I: Index> fmt::Debug for MemcpyBuffer<T, I> {
         f.debug_struct("MemcpyBuffer")
             .field("index", &I::NAME)
             .field("item_size", &size_of::<T>())
-            .field("capacity", &self.capacity)
+            .field("capacity", &self.capacity())
             .field("len_per_cpu", &self.len_per_cpu())
             .finish()
     }

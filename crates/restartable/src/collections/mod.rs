@@ -1,8 +1,9 @@
 //! Safe per-CPU collections: no raw pointers and no `unsafe` in their API.
 //!
-//! Each uses the [retry driver](crate::retry): rseq fast paths on the current CPU, the guard
-//! for everything else, so every call completes under a debugger, under valgrind and without
-//! rseq. Remote operations (`take`, `drain_*`, `lock_cpu`) always go through the guard.
+//! Each goes through the [driver](crate::retry): rseq fast paths on the current CPU, its own
+//! guard words for everything else, so every call completes under a debugger, under valgrind
+//! and without rseq. Remote operations (`take`, `drain_*`, `lock_cpu`) always go through the
+//! guard. Their memory is in the strided per-CPU [pool](crate::pool).
 //!
 //! Every type is `Send` and `Sync` exactly when its items may move between threads:
 //!
@@ -24,6 +25,7 @@
 mod buffer;
 mod counter;
 mod memcpy;
+mod ring;
 mod spinlock;
 mod stack;
 
@@ -32,3 +34,20 @@ pub use counter::Counter;
 pub use memcpy::{MAX_ITEM, MemcpyBuffer};
 pub use spinlock::{SpinLock, SpinLockGuard};
 pub use stack::Stack;
+
+/// Drop every item, like a `Vec` does: an item whose `Drop` panics does not stop the others from
+/// being dropped; the first panic resumes afterwards.
+pub(crate) fn drop_all<T>(items: impl Iterator<Item = T>) {
+    struct Rest<I: Iterator>(I);
+    impl<I: Iterator> Drop for Rest<I> {
+        fn drop(&mut self) {
+            // Runs on the normal path (nothing left) and while unwinding from a panicking drop
+            // (the rest; a second panic aborts, as it does for a `Vec`).
+            self.0.by_ref().for_each(drop);
+        }
+    }
+    let mut rest = Rest(items);
+    for item in rest.0.by_ref() {
+        drop(item);
+    }
+}

@@ -1,0 +1,90 @@
+//! The portable architecture module: no critical sections. A process built with it decides
+//! degraded mode (every operation through atomics or the guard words used as per-CPU locks), so
+//! the crate builds and runs correctly wherever Linux runs, and this module is the oracle an
+//! architecture module with fast paths is tested against (`--cfg restartable_portable` selects it
+//! on x86_64).
+
+use core::sync::atomic::{AtomicI32, AtomicU32};
+
+use super::{At, Field, OWN_AREA_LEN, Outcome, ThreadBlock};
+
+/// No critical sections here.
+pub(crate) const HAS_RSEQ: bool = false;
+
+/// Never called: without critical sections nothing reads the rseq area.
+#[inline(always)]
+pub(crate) fn thread_pointer() -> *mut u8 {
+    core::ptr::null_mut()
+}
+
+/// Never called: without critical sections nothing reads the rseq area.
+///
+/// # Safety
+/// None needed.
+#[inline(always)]
+pub(crate) unsafe fn read_tp_u32(_offset: isize) -> u32 {
+    u32::MAX
+}
+
+std::thread_local! {
+    static BLOCK: ThreadBlock = const {
+        ThreadBlock {
+            area: [0; OWN_AREA_LEN],
+            state: AtomicU32::new(0),
+            errno: AtomicI32::new(0),
+            held: AtomicU32::new(0),
+            token: AtomicU32::new(0),
+            token_generation: AtomicU32::new(0),
+            _reserved: [0; 11],
+        }
+    };
+}
+
+/// The calling thread's [`ThreadBlock`] (a plain thread-local here).
+#[inline(always)]
+pub(crate) fn thread_block() -> *mut ThreadBlock {
+    BLOCK.with(|b| (b as *const ThreadBlock).cast_mut())
+}
+
+/// No rseq here, so glibc's area is not used either.
+pub(crate) fn glibc_rseq() -> Option<(isize, u32)> {
+    None
+}
+
+/// No CPU-number instruction is used here.
+pub(crate) fn has_rdpid() -> bool {
+    false
+}
+
+/// Never called ([`has_rdpid`] is false).
+///
+/// # Safety
+/// None needed; unreachable.
+pub(crate) unsafe fn rdpid() -> usize {
+    0
+}
+
+macro_rules! no_sections {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        /// No critical sections here: always `Stopped` (take the slow path).
+        ///
+        /// # Safety
+        /// None needed: nothing is accessed.
+        #[inline(always)]
+        pub(crate) unsafe fn $name<F: Field>(_at: At, $($arg: $ty),*) -> Outcome {
+            let _ = ($($arg,)*);
+            Outcome::Stopped
+        }
+    )*};
+}
+
+no_sections! {
+    cbne_store(v: *mut usize, expect: usize, new: usize);
+    add(v: *mut usize, count: usize);
+    cbeq_pop(v: *mut usize, expectnot: usize, off: usize, out: *mut usize);
+    add_indirect(p: *mut usize, off: usize, count: usize);
+    cbne_cbne_store(v: *mut usize, expect: usize, v2: *mut usize, expect2: usize, new: usize);
+    cbne_store_store(v: *mut usize, expect: usize, v2: *mut usize, new2: usize, new: usize);
+    cbne_memcpy_store(v: *mut usize, expect: usize, dst: *mut u8, src: *const u8, len: usize, new: usize);
+    add_unguarded(v: *mut usize, count: usize);
+}
