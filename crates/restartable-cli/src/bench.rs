@@ -31,7 +31,7 @@ const MAX_THREADS: usize = 1024;
 /// Arguments of `restartable bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Thread counts to measure, comma-separated [default: 1 and 1x, 2x, 4x the online CPUs].
+    /// Thread counts to measure, comma-separated [default: 1 and 1x, 2x, 4x the CPUs this process may run on].
     #[arg(long, value_delimiter = ',', value_parser = parse_threads, value_name = "N,N,...")]
     pub threads: Vec<usize>,
     /// Seconds per measurement (a positive number, fractions allowed).
@@ -83,9 +83,9 @@ fn parse_rounds(s: &str) -> Result<usize, String> {
     }
 }
 
-/// The default thread counts: 1, and 1x, 2x, 4x the online CPUs.
+/// The default thread counts: 1, and 1x, 2x, 4x the [cores](crate::cpus::cores).
 pub fn default_threads() -> Vec<usize> {
-    let cores = restartable::sys::online_cpus();
+    let cores = crate::cpus::cores();
     let mut t = vec![1, cores, 2 * cores, 4 * cores];
     t.dedup();
     t
@@ -255,7 +255,7 @@ fn child(which: Impl, threads: usize, duration: Duration) -> Result<Sample, Stri
 pub struct Machine {
     /// `model name` from /proc/cpuinfo.
     pub cpu_model: String,
-    /// Online CPUs.
+    /// The CPUs this process may run on ([`crate::cpus::cores`]).
     pub cores: usize,
     /// Possible CPUs (per-CPU slots).
     pub possible_cpus: usize,
@@ -281,7 +281,7 @@ impl Machine {
         let mode = restartable::mode();
         Machine {
             cpu_model,
-            cores: restartable::sys::online_cpus(),
+            cores: crate::cpus::cores(),
             possible_cpus: restartable::possible_cpus(),
             kernel: restartable::sys::kernel_release(),
             mode: mode.to_string(),

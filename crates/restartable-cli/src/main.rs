@@ -5,6 +5,7 @@
 //! With no subcommand the binary runs the [`tour`].
 
 mod bench;
+mod cpus;
 mod info;
 mod stress;
 mod tour;

@@ -282,9 +282,9 @@ impl Config {
     }
 }
 
-/// 6 x the CPUs this process may use.
+/// 6 x the [cores](crate::cpus::cores) (the CPUs this process may run on).
 pub fn default_threads() -> usize {
-    6 * std::thread::available_parallelism().map_or(1, |n| n.get())
+    6 * crate::cpus::cores()
 }
 
 /// Whether the `inject` feature (and so `restartable::inject`) is compiled into this binary.

@@ -84,7 +84,7 @@ pub fn tour() -> CmdResult {
     }
     writeln!(out)?;
 
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::cpus::cores();
     writeln!(out, "== the benchmark at 1 thread and at {cores} threads (restartable bench) ==")?;
     out.flush()?;
     let table = bench::run_table(&[1, cores], Duration::from_secs_f64(BENCH_SECONDS))?;

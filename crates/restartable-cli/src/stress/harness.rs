@@ -278,35 +278,10 @@ fn gettid() -> i32 {
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
-/// The CPUs this process may run on now.
-pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity writes at most its size.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; pid 0 is the calling thread.
-    let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return vec![restartable::current_cpu()];
-    }
-    // SAFETY: CPU_ISSET reads the set for an index below CPU_SETSIZE.
-    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
-}
-
-fn set_affinity(tid: i32, cpus: &[usize]) {
-    // SAFETY: a zeroed cpu_set_t is an empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cpus {
-        // SAFETY: `c` comes from `allowed_cpus`, so it is below CPU_SETSIZE.
-        unsafe { libc::CPU_SET(c, &mut set) };
-    }
-    // SAFETY: `set` is a valid, initialised cpu_set_t of the size given; an exited (or reused)
-    // tid only makes the call fail (ESRCH) or move another thread of this process.
-    unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) };
-}
-
 /// The affinity-churn thread: every 200 µs pin each running worker to a random allowed CPU
 /// (every fourth round, let them run anywhere again), until the workers are done.
 fn churn(shared: &Shared) {
-    let allowed = allowed_cpus();
+    let allowed = crate::cpus::allowed();
     if allowed.is_empty() {
         return;
     }
@@ -319,10 +294,10 @@ fn churn(shared: &Shared) {
                 continue;
             }
             if round % 4 == 3 {
-                set_affinity(tid, &allowed);
+                crate::cpus::set_affinity(tid, &allowed);
             } else {
                 let c = allowed[xorshift(&mut rng) as usize % allowed.len()];
-                set_affinity(tid, &[c]);
+                crate::cpus::set_affinity(tid, &[c]);
             }
         }
         round += 1;
