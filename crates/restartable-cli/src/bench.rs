@@ -14,7 +14,7 @@ mod svg;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -225,15 +225,14 @@ fn internal(which: Impl, threads: &[usize], duration: Duration) -> CmdResult {
 
 /// Measure `which` at `threads` in a child: this executable, `RESTARTABLE_FORCE_DEGRADED=1`.
 fn child(which: Impl, threads: usize, duration: Duration) -> Result<Sample, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable to re-run it: {e}"))?;
-    let out = Command::new(&exe)
-        .args(["bench", "--internal-only", which.key(), "--threads", &threads.to_string()])
-        .arg("--duration")
-        .arg(duration.as_secs_f64().to_string())
-        .arg("--json")
-        .env("RESTARTABLE_FORCE_DEGRADED", "1")
-        .output()
-        .map_err(|e| format!("cannot run {} for {}: {e}", exe.display(), which.name()))?;
+    let args = ["bench", "--internal-only", which.key(), "--threads", &threads.to_string()];
+    let duration_s = duration.as_secs_f64().to_string();
+    // One measurement and a process start: a child still running a minute later hangs.
+    let out = crate::reexec::Reexec::new(args.iter().copied().chain(["--duration", &duration_s, "--json"]))
+        .degraded(true)
+        .timeout(duration + Duration::from_secs(60))
+        .run()
+        .map_err(|e| format!("the child measuring {}: {e}", which.name()))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         return Err(format!("the child measuring {} failed ({}): {}", which.name(), out.status, stderr.trim()));

@@ -9,9 +9,8 @@ pub use cases::ALL;
 mod harness;
 mod matrix;
 
-use std::ffi::OsStr;
 use std::io::{self, Write};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use restartable::ops::{Cpu, MmCid};
@@ -19,10 +18,8 @@ use restartable::{Degraded, Mode};
 use serde_json::{Value, json};
 
 use crate::CmdResult;
+use crate::reexec::{FORCE_DEGRADED, Reexec, forced};
 pub use cases::Test;
-
-/// The environment variable that forces degraded mode (read once per process by the library).
-const FORCE_DEGRADED: &str = "RESTARTABLE_FORCE_DEGRADED";
 /// `--every` when a disturbance is asked for without it.
 const DEFAULT_EVERY: u64 = 64;
 /// `--reps` default.
@@ -298,10 +295,6 @@ fn need_inject(what: &str) -> Box<dyn std::error::Error> {
     .into()
 }
 
-fn forced() -> bool {
-    std::env::var_os(FORCE_DEGRADED).is_some_and(|v| v == OsStr::new("1"))
-}
-
 /// Run `restartable stress`.
 pub fn run(args: &Args) -> CmdResult {
     if args.list_points {
@@ -385,11 +378,10 @@ fn list_points() -> CmdResult {
 
 /// Run this very command again with degraded mode forced, and end as it ends.
 fn reexec_degraded() -> CmdResult {
-    let exe = std::env::current_exe()?;
-    let status = Command::new(&exe).args(std::env::args_os().skip(1)).env(FORCE_DEGRADED, "1").status()?;
-    match status.code() {
+    let run = Reexec::new(std::env::args_os().skip(1)).degraded(true).inherit_output().run()?;
+    match run.status.code() {
         Some(c) => Ok(ExitCode::from(u8::try_from(c).unwrap_or(1))),
-        None => Err(format!("the degraded run ({}) ended without an exit code: {status}", exe.display()).into()),
+        None => Err(format!("the degraded run ended without an exit code: {}", run.status).into()),
     }
 }
 

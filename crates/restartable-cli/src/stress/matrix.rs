@@ -5,15 +5,16 @@
 //! progress bar runs meanwhile, a summary table per option group comes at the end, and every
 //! broken invariant is reported with the exact command line that reproduces it (exit 1).
 
-use std::io::{self, IsTerminal, Read, Write};
-use std::process::{Command, ExitCode, Stdio};
+use std::io::{self, IsTerminal, Write};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use super::{Args, Config, FORCE_DEGRADED, IndexArg, MatrixArg, cases, default_threads};
+use super::{Args, Config, IndexArg, MatrixArg, cases, default_threads};
 use crate::CmdResult;
+use crate::reexec::{self, Reexec};
 
 /// One option group: the disturbances a configuration adds to the plain run.
 #[derive(Debug, Clone, Default)]
@@ -334,9 +335,15 @@ fn run_child(cfg: &Config, p: &Params) -> (Tally, Vec<Failure>) {
     let mut tally = Tally { configurations: 1, checks: cases::ALL.len() as u64, ..Tally::default() };
     let whole = |reasons: Vec<String>| Failure { command: cfg.command(None), cargo: cfg.cargo_command(None), reasons };
     let started = Instant::now();
-    let out = match spawn_and_wait(cfg, p.child_timeout) {
+    let args = cfg.args(None).into_iter().chain(["--json".to_string()]);
+    let child = Reexec::new(args).degraded(cfg.degraded).timeout(p.child_timeout).run();
+    let out = match child {
         Ok(o) => o,
-        Err(e) => return (tally, vec![whole(vec![e])]),
+        Err(reexec::Error::TimedOut(t)) => {
+            let why = format!("timed out after {} s (a hang: lost wake-up, livelock?)", t.as_secs());
+            return (tally, vec![whole(vec![why])]);
+        }
+        Err(e) => return (tally, vec![whole(vec![e.to_string()])]),
     };
     tally.seconds = started.elapsed().as_secs_f64();
     let report: Option<Value> = String::from_utf8_lossy(&out.stdout)
@@ -381,52 +388,6 @@ fn tail(stderr: &[u8]) -> Vec<String> {
     let s = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(8)..].iter().map(|l| format!("stderr: {l}")).collect()
-}
-
-struct ChildOutput {
-    status: std::process::ExitStatus,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-fn spawn_and_wait(cfg: &Config, timeout: Duration) -> Result<ChildOutput, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
-    let mut cmd = Command::new(exe);
-    cmd.args(cfg.args(None)).arg("--json").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    if cfg.degraded {
-        cmd.env(FORCE_DEGRADED, "1");
-    } else {
-        cmd.env_remove(FORCE_DEGRADED);
-    }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start the child: {e}"))?;
-    let reader = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = reader(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let errs = reader(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Ok(s),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break Err(format!("timed out after {} s (a hang: lost wake-up, livelock?)", timeout.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => break Err(format!("waiting for the child failed: {e}")),
-        }
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = errs.join().unwrap_or_default();
-    let status = status?;
-    Ok(ChildOutput { status, stdout, stderr })
 }
 
 #[cfg(test)]
