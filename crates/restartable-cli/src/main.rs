@@ -7,6 +7,7 @@
 mod bench;
 mod cpus;
 mod info;
+mod progress;
 mod reexec;
 mod stress;
 mod tour;

@@ -2,11 +2,9 @@
 //! a short stress of every collection (with a progress bar), and the benchmark table at one
 //! thread and at the core count, ending with one line that says what was verified.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::stress::{self, Config, IndexArg};
 use crate::{CmdResult, bench, info};
@@ -32,17 +30,7 @@ pub fn tour() -> CmdResult {
     )?;
     writeln!(out, "  {}", stress::TestReport::header())?;
     out.flush()?;
-    let bar = if io::stderr().is_terminal() {
-        let b = ProgressBar::new(stress::ALL.len() as u64);
-        b.set_style(
-            ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = crate::progress::bar(stress::ALL.len());
     let (mut checks, mut ops, mut aborts, mut slow, mut failed) = (0u64, 0u64, 0u64, 0u64, Vec::new());
     for test in stress::ALL {
         bar.set_message(test.name());

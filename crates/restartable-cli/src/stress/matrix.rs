@@ -5,11 +5,10 @@
 //! progress bar runs meanwhile, a summary table per option group comes at the end, and every
 //! broken invariant is reported with the exact command line that reproduces it (exit 1).
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use super::{Args, Config, IndexArg, MatrixArg, cases, default_threads};
@@ -201,7 +200,6 @@ pub fn run(size: MatrixArg, args: &Args) -> CmdResult {
         MatrixArg::Full => "full",
     };
     let checks_planned = configs.len() * cases::ALL.len();
-    let tty = io::stderr().is_terminal();
     writeln!(
         err,
         "stress --matrix {size_name}: {} option groups x {} tests x 2 index modes x 2 modes = {} configurations, \
@@ -213,17 +211,7 @@ pub fn run(size: MatrixArg, args: &Args) -> CmdResult {
         p.reps,
         p.time_limit
     )?;
-    let bar = if tty {
-        let b = ProgressBar::new(configs.len() as u64);
-        b.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} eta {eta} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = crate::progress::bar(configs.len());
     let start = Instant::now();
     let mut rows: Vec<(String, Tally)> = groups.iter().map(|g| (g.name.clone(), Tally::default())).collect();
     let mut failures = Vec::new();
@@ -231,7 +219,7 @@ pub fn run(size: MatrixArg, args: &Args) -> CmdResult {
         let label = format!("{group} | {} | {}", cfg.index.name(), if cfg.degraded { "degraded" } else { "fast" });
         bar.set_message(label.clone());
         let (tally, fails) = run_child(cfg, &p);
-        if !tty {
+        if bar.is_hidden() {
             let status = if fails.is_empty() { "ok" } else { "FAIL" };
             writeln!(
                 err,
