@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::stress::{self, Config, IndexArg};
+use crate::stress::{self, Config, Test};
 use crate::{CmdResult, bench, info};
 
 /// Stress repetitions per worker in the tour (each test also stops after two seconds).
@@ -30,25 +30,12 @@ pub fn tour() -> CmdResult {
     )?;
     writeln!(out, "  {}", stress::TestReport::header())?;
     out.flush()?;
-    let bar = crate::progress::bar(stress::ALL.len());
+    let bar = crate::progress::bar(Test::all().len());
     let (mut checks, mut ops, mut aborts, mut slow, mut failed) = (0u64, 0u64, 0u64, 0u64, Vec::new());
-    for test in stress::ALL {
+    for &test in Test::all() {
         bar.set_message(test.name());
-        let cfg = Config {
-            test: Some(test),
-            threads,
-            reps: STRESS_REPS,
-            index: IndexArg::Cpu,
-            inject: None,
-            every: 0,
-            yield_now: false,
-            signal: false,
-            sleep_ms: None,
-            affinity_churn: false,
-            time_limit: Some(2.0),
-            degraded: false,
-            sabotage: false,
-        };
+        // Undisturbed, by CPU number, at most two seconds per test.
+        let cfg = Config { test: Some(test), time_limit: Some(2.0), ..Config::new(threads, STRESS_REPS) };
         let report = stress::run_config(&cfg)?;
         for t in &report.tests {
             bar.suspend(|| println!("  {}", t.row()));
