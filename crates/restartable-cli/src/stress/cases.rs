@@ -379,9 +379,25 @@ struct Moved {
     torn: Vec<String>,
 }
 
-/// Push on two operations of three, pop on the third.
-fn is_push(k: u64) -> bool {
-    k % 3 != 2
+/// An item worker's loop: on two operations of three push a new unique item (`push` gets its
+/// id), on the third pop (`pop` records what it got); returns what was moved.
+fn push_pop(
+    w: usize,
+    p: &mut Pacer<'_>,
+    mut push: impl FnMut(&mut Moved, u64),
+    mut pop: impl FnMut(&mut Moved),
+) -> Moved {
+    let mut m = Moved::default();
+    while p.next() {
+        if p.k() % 3 != 2 {
+            let id = item_id(w, m.pushed);
+            push(&mut m, id);
+            m.pushed += 1;
+        } else {
+            pop(&mut m);
+        }
+    }
+    m
 }
 
 /// Check the items seen by workers, the remote thread and the final drain.
@@ -397,42 +413,36 @@ fn account(what: &str, run_results: Vec<Moved>, drained: Vec<u64>, left: Vec<u64
     ledger.finish(what, f);
 }
 
+/// Drain every index with `drain` (a collection's `drain_cpu`) and hand each item to `keep`; a
+/// failed drain is a broken invariant in `f`, named `what(cpu)`.
+fn drain_each<T, E: std::fmt::Display>(
+    f: &mut Found,
+    what: &str,
+    drain: impl Fn(usize) -> Result<Vec<T>, E>,
+    keep: impl FnMut(T),
+) {
+    let mut keep = keep;
+    for cpu in 0..limit() {
+        match drain(cpu) {
+            Ok(v) => v.into_iter().for_each(&mut keep),
+            Err(e) => f.fail(format!("{what}({cpu}) failed: {e}")),
+        }
+    }
+}
+
 fn stack<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     let st = Stack::<u64, I>::new();
     let mut drained = Vec::new();
     let mut remote = Found::default();
     let run = drive(
         cfg,
-        |w, p: &mut Pacer<'_>| {
-            let mut m = Moved::default();
-            while p.next() {
-                if is_push(p.k()) {
-                    st.push(item_id(w, m.pushed));
-                    m.pushed += 1;
-                } else if let Some(id) = st.pop() {
-                    m.popped.push(id);
-                }
-            }
-            m
-        },
-        || {
-            for cpu in 0..limit() {
-                match st.drain_cpu(cpu) {
-                    Ok(v) => drained.extend(v),
-                    Err(e) => remote.fail(format!("drain_cpu({cpu}) failed: {e}")),
-                }
-            }
-        },
+        |w, p: &mut Pacer<'_>| push_pop(w, p, |_, id| st.push(id), |m| m.popped.extend(st.pop())),
+        || drain_each(&mut remote, "drain_cpu", |c| st.drain_cpu(c), |id| drained.push(id)),
     )?;
     let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
     f.merge(remote);
     let mut left = Vec::new();
-    for cpu in 0..limit() {
-        match st.drain_cpu(cpu) {
-            Ok(v) => left.extend(v),
-            Err(e) => f.fail(format!("final drain_cpu({cpu}) failed: {e}")),
-        }
-    }
+    drain_each(&mut f, "final drain_cpu", |c| st.drain_cpu(c), |id| left.push(id));
     account("stack", run.results, drained, left, &mut f);
     Ok(f)
 }
@@ -447,37 +457,23 @@ fn buffer<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     let run = drive(
         cfg,
         |w, p: &mut Pacer<'_>| {
-            let mut m = Moved::default();
-            while p.next() {
-                if is_push(p.k()) {
-                    if let Err(back) = buf.push(Box::new(item_id(w, m.pushed))) {
+            push_pop(
+                w,
+                p,
+                |m, id| {
+                    if let Err(back) = buf.push(Box::new(id)) {
                         m.given_back.push(*back);
                     }
-                    m.pushed += 1;
-                } else if let Some(id) = buf.pop() {
-                    m.popped.push(*id);
-                }
-            }
-            m
+                },
+                |m| m.popped.extend(buf.pop().map(|b| *b)),
+            )
         },
-        || {
-            for cpu in 0..limit() {
-                match buf.drain_cpu(cpu) {
-                    Ok(v) => drained.extend(v.into_iter().map(|b| *b)),
-                    Err(e) => remote.fail(format!("drain_cpu({cpu}) failed: {e}")),
-                }
-            }
-        },
+        || drain_each(&mut remote, "drain_cpu", |c| buf.drain_cpu(c), |b| drained.push(*b)),
     )?;
     let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
     f.merge(remote);
     let mut left = Vec::new();
-    for cpu in 0..limit() {
-        match buf.drain_cpu(cpu) {
-            Ok(v) => left.extend(v.into_iter().map(|b| *b)),
-            Err(e) => f.fail(format!("final drain_cpu({cpu}) failed: {e}")),
-        }
-    }
+    drain_each(&mut f, "final drain_cpu", |c| buf.drain_cpu(c), |b| left.push(*b));
     account("buffer", run.results, drained, left, &mut f);
     Ok(f)
 }
@@ -514,49 +510,48 @@ fn memcpy<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     let run = drive(
         cfg,
         |w, p: &mut Pacer<'_>| {
-            let mut m = Moved::default();
-            while p.next() {
-                if is_push(p.k()) {
-                    if let Err(back) = buf.push(Item::new(item_id(w, m.pushed))) {
+            push_pop(
+                w,
+                p,
+                |m, id| {
+                    if let Err(back) = buf.push(Item::new(id)) {
                         match back.id("given back") {
                             Ok(id) => m.given_back.push(id),
                             Err(e) => m.torn.push(e),
                         }
                     }
-                    m.pushed += 1;
-                } else if let Some(item) = buf.pop() {
-                    match item.id("popped") {
-                        Ok(id) => m.popped.push(id),
-                        Err(e) => m.torn.push(e),
-                    }
-                }
-            }
-            m
+                },
+                |m| match buf.pop().map(|item| item.id("popped")) {
+                    Some(Ok(id)) => m.popped.push(id),
+                    Some(Err(e)) => m.torn.push(e),
+                    None => {}
+                },
+            )
         },
         || {
-            for cpu in 0..limit() {
-                match buf.drain_cpu(cpu) {
-                    Ok(v) => v.iter().for_each(|item| match item.id("drained") {
-                        Ok(id) => drained.push(id),
-                        Err(e) => torn.push(e),
-                    }),
-                    Err(e) => remote.fail(format!("drain_cpu({cpu}) failed: {e}")),
-                }
-            }
+            drain_each(
+                &mut remote,
+                "drain_cpu",
+                |c| buf.drain_cpu(c),
+                |item| match item.id("drained") {
+                    Ok(id) => drained.push(id),
+                    Err(e) => torn.push(e),
+                },
+            )
         },
     )?;
     let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
     f.merge(remote);
     let mut left = Vec::new();
-    for cpu in 0..limit() {
-        match buf.drain_cpu(cpu) {
-            Ok(v) => v.iter().for_each(|item| match item.id("left at the end") {
-                Ok(id) => left.push(id),
-                Err(e) => torn.push(e),
-            }),
-            Err(e) => f.fail(format!("final drain_cpu({cpu}) failed: {e}")),
-        }
-    }
+    drain_each(
+        &mut f,
+        "final drain_cpu",
+        |c| buf.drain_cpu(c),
+        |item| match item.id("left at the end") {
+            Ok(id) => left.push(id),
+            Err(e) => torn.push(e),
+        },
+    );
     let mut results = run.results;
     for m in &mut results {
         torn.append(&mut m.torn);
