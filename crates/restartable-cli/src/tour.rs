@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::stress::{self, Config, Test};
+use crate::stress::{self, Config, Disturbance, Test};
 use crate::{CmdResult, bench, info};
 
 /// Stress repetitions per worker in the tour (each test also stops after two seconds).
@@ -34,8 +34,14 @@ pub fn tour() -> CmdResult {
     let (mut checks, mut ops, mut aborts, mut slow, mut failed) = (0u64, 0u64, 0u64, 0u64, Vec::new());
     for &test in Test::all() {
         bar.set_message(test.name());
-        // Undisturbed, by CPU number, at most two seconds per test.
-        let cfg = Config { test: Some(test), time_limit: Some(2.0), ..Config::new(threads, STRESS_REPS) };
+        // By CPU number, at most two seconds per test, and undisturbed: the disturbances are
+        // for `stress` and its matrix.
+        let cfg = Config {
+            test: Some(test),
+            disturbance: Disturbance::none(),
+            time_limit: Some(2.0),
+            ..Config::new(threads, STRESS_REPS)
+        };
         let report = stress::run_config(&cfg)?;
         for t in &report.tests {
             bar.suspend(|| println!("  {}", t.row()));
