@@ -3,9 +3,16 @@
 //! Each subcommand lives in its own module with an `Args` struct (clap derive) and a
 //! `run(&Args) -> CmdResult`; adding one is a variant in [`Command`] and an arm in [`main`].
 //! With no subcommand the binary runs the [`tour`].
+//!
+//! Shared by all of them, each defined once: [`cpus`] (the CPUs this process may run on, and
+//! so what "cores" means everywhere), [`reexec`] (running this binary again in a child, with a
+//! time limit and degraded mode forced or not), and [`progress`] (the progress bar).
 
 mod bench;
+mod cpus;
 mod info;
+mod progress;
+mod reexec;
 mod stress;
 mod tour;
 

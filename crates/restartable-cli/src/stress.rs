@@ -3,49 +3,39 @@
 //! inside the critical sections, signal storms, yields, sleeps and affinity churn; then check
 //! conservation exactly (see [`cases`]). Any broken invariant exits 1 and prints the command
 //! line that reproduces it. `--matrix quick|full` runs the whole grid of options ([`matrix`]).
+//!
+//! The pieces: [`Args`] (the command line) resolves once into a [`Config`] (one run: which
+//! tests, how many threads and operations, the index mode, the [`Disturbance`], the mode);
+//! [`run_config`] runs it in this process through the [`harness`] and returns a [`Report`];
+//! [`Config::args`] renders it back to a command line, for the matrix's children and the
+//! reproduce lines.
+//!
+//! - Adding a test: a variant of [`Test`] and its function in [`cases`] (see there).
+//! - Adding a disturbance: a field of [`Disturbance`] and its function in [`disturbance`] (see
+//!   there). The matrix gets new option groups in [`matrix`]'s `groups`.
 
 mod cases;
-pub use cases::ALL;
+mod disturbance;
 mod harness;
 mod matrix;
+mod report;
 
-use std::ffi::OsStr;
 use std::io::{self, Write};
-use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Instant;
 
 use restartable::ops::{Cpu, MmCid};
 use restartable::{Degraded, Mode};
 use serde_json::{Value, json};
 
 use crate::CmdResult;
+use crate::reexec::{FORCE_DEGRADED, Reexec, forced};
 pub use cases::Test;
+pub use disturbance::Disturbance;
+pub use report::{Report, TestReport};
 
-/// The environment variable that forces degraded mode (read once per process by the library).
-const FORCE_DEGRADED: &str = "RESTARTABLE_FORCE_DEGRADED";
-/// `--every` when a disturbance is asked for without it.
-const DEFAULT_EVERY: u64 = 64;
 /// `--reps` default.
 const DEFAULT_REPS: u64 = 100_000;
-
-/// Which tests `--test` selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TestArg {
-    /// Counter: add on the current CPU, `take_cpu` remotely; totals must match.
-    Counter,
-    /// SpinLock: plain counters under per-CPU locks, locked remotely too.
-    Spinlock,
-    /// Stack: push/pop unique items, drain remotely; every item exactly once.
-    Stack,
-    /// Buffer: push/pop boxed items in small per-CPU buffers (full ones give items back).
-    Buffer,
-    /// MemcpyBuffer: 128-byte items with a checksum in every word (torn copies are caught).
-    Memcpy,
-    /// Two copies of a per-CPU array behind a pointer, swapped and drained with op vectors.
-    Remote,
-    /// Every test above, one after the other.
-    All,
-}
 
 /// How per-CPU data is indexed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,15 +67,16 @@ pub enum MatrixArg {
 
 /// Arguments of `restartable stress`.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("disturbance").multiple(true)))]
 #[command(after_help = "\
 Each test checks conservation exactly and exits 1 on any loss, printing the command line that \
 reproduces it. Delay injection (--inject-point) needs a binary built with `--features inject`:
   cargo run --release -p restartable-cli --features inject -- stress --inject-point 5 --inject-loops 10000")]
 pub struct Args {
     /// The test to run.
-    #[arg(long, value_enum, default_value = "all")]
-    pub test: TestArg,
+    // `std::option::Option`, spelled out, so that clap takes the parser's `Option<Test>` as
+    // the value (`all` is `None`) instead of making the argument optional.
+    #[arg(long, default_value = "all", value_parser = cases::selection())]
+    pub test: std::option::Option<Test>,
 
     /// Worker threads [default: 6 x the CPUs this process may use].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -99,40 +90,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "cpu")]
     pub index: IndexArg,
 
-    /// Spin inside every critical section at this point (1-8; see --list-points). Needs the
-    /// `inject` feature.
-    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u8).range(1..=8))]
-    pub inject_point: Option<u8>,
-
-    /// Spin count at the injection point [default: 10000].
-    #[arg(long, value_name = "L", requires = "inject_point", value_parser = clap::value_parser!(u64).range(0..=1_000_000_000))]
-    pub inject_loops: Option<u64>,
-
     /// Print the injection points and exit.
     #[arg(long)]
     pub list_points: bool,
 
-    /// Disturb after every M-th operation of each worker (with --yield, --signal, --sleep-ms)
-    /// [default: 64].
-    #[arg(long, value_name = "M", requires = "disturbance", value_parser = clap::value_parser!(u64).range(1..))]
-    pub every: Option<u64>,
-
-    /// sched_yield at each disturbance.
-    #[arg(long = "yield", group = "disturbance")]
-    pub yield_now: bool,
-
-    /// Send SIGUSR1 (empty handler) at each disturbance: to the process and to another worker
-    /// thread by turns, so that signals land inside critical sections.
-    #[arg(long, group = "disturbance")]
-    pub signal: bool,
-
-    /// Sleep this many milliseconds at each disturbance.
-    #[arg(long, value_name = "MS", group = "disturbance", value_parser = clap::value_parser!(u64).range(0..=10_000))]
-    pub sleep_ms: Option<u64>,
-
-    /// Run a thread that keeps moving the workers between CPUs (sched_setaffinity).
-    #[arg(long)]
-    pub affinity_churn: bool,
+    /// The disturbances (--inject-point ... --affinity-churn).
+    #[command(flatten)]
+    pub disturbance: Disturbance,
 
     /// Run in degraded mode (every operation through the guard words): re-runs this command
     /// with RESTARTABLE_FORCE_DEGRADED=1, since the mode is decided once per process.
@@ -174,30 +138,55 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-/// One fully resolved stress configuration: what a single run does, and what a matrix child
-/// is told to do.
+/// One fully resolved stress run: what `stress` runs in this process, what the harness reads,
+/// and what a matrix child is told to do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// `None` for all tests.
     pub test: Option<Test>,
+    /// Worker threads.
     pub threads: usize,
+    /// Operations per worker, per test.
     pub reps: u64,
+    /// How per-CPU data is indexed.
     pub index: IndexArg,
-    /// `(point, loops)`.
-    pub inject: Option<(u8, u64)>,
-    pub every: u64,
-    pub yield_now: bool,
-    pub signal: bool,
-    pub sleep_ms: Option<u64>,
-    pub affinity_churn: bool,
+    /// What is done to the workers besides running them.
+    pub disturbance: Disturbance,
+    /// Stop each test's workers after this many seconds.
     pub time_limit: Option<f64>,
+    /// Degraded mode (forced by the environment variable, in this process or the child's).
     pub degraded: bool,
+    /// Use the deliberately broken op in the counter test.
     pub sabotage: bool,
 }
 
 impl Config {
-    fn disturbs(&self) -> bool {
-        self.yield_now || self.signal || self.sleep_ms.is_some()
+    /// Every test, `threads` workers of `reps` operations, by CPU number, undisturbed, no time
+    /// limit, not degraded.
+    pub fn new(threads: usize, reps: u64) -> Config {
+        Config {
+            test: None,
+            threads,
+            reps,
+            index: IndexArg::Cpu,
+            disturbance: Disturbance::none(),
+            time_limit: None,
+            degraded: false,
+            sabotage: false,
+        }
+    }
+
+    /// The run `args` ask for, in degraded mode or not.
+    fn from_args(args: &Args, degraded: bool) -> Config {
+        Config {
+            test: args.test,
+            index: args.index,
+            disturbance: args.disturbance.clone(),
+            time_limit: args.time_limit,
+            degraded,
+            sabotage: args.sabotage,
+            ..Config::new(args.threads.map_or_else(default_threads, |t| t as usize), args.reps)
+        }
     }
 
     /// The arguments after `restartable` that reproduce this configuration, for `test`
@@ -207,24 +196,7 @@ impl Config {
         a.push(test.or(self.test).map_or("all", Test::name).into());
         a.extend(["--index".into(), self.index.name().into()]);
         a.extend(["--threads".into(), self.threads.to_string(), "--reps".into(), self.reps.to_string()]);
-        if let Some((k, l)) = self.inject {
-            a.extend(["--inject-point".into(), k.to_string(), "--inject-loops".into(), l.to_string()]);
-        }
-        if self.disturbs() {
-            a.extend(["--every".into(), self.every.to_string()]);
-        }
-        if self.yield_now {
-            a.push("--yield".into());
-        }
-        if self.signal {
-            a.push("--signal".into());
-        }
-        if let Some(ms) = self.sleep_ms {
-            a.extend(["--sleep-ms".into(), ms.to_string()]);
-        }
-        if self.affinity_churn {
-            a.push("--affinity-churn".into());
-        }
+        a.extend(self.disturbance.argv());
         if let Some(t) = self.time_limit {
             a.extend(["--time-limit".into(), t.to_string()]);
         }
@@ -244,47 +216,33 @@ impl Config {
 
     /// The same through cargo, with the features it needs.
     pub fn cargo_command(&self, test: Option<Test>) -> String {
-        let features = if self.inject.is_some() || self.sabotage { " --features inject" } else { "" };
+        let inject = self.disturbance.inject_point.is_some() || self.sabotage;
+        let features = if inject { " --features inject" } else { "" };
         format!("cargo run --release -p restartable-cli{features} -- {}", self.args(test).join(" "))
     }
 
-    fn plan(&self) -> harness::Plan {
-        harness::Plan {
-            threads: self.threads,
-            reps: self.reps,
-            time_limit: self.time_limit.map(Duration::from_secs_f64),
-            every: self.every,
-            yield_now: self.yield_now,
-            signal: self.signal,
-            sleep: self.sleep_ms.map(Duration::from_millis),
-            affinity_churn: self.affinity_churn,
-        }
-    }
-
+    /// The `config` object of the JSON report (without the mode).
     fn to_json(&self) -> Value {
-        json!({
+        let mut c = json!({
             "test": self.test.map_or("all", Test::name),
             "threads": self.threads,
             "reps": self.reps,
             "index": self.index.name(),
-            "inject_point": self.inject.map(|(k, _)| k),
-            "inject_loops": self.inject.map(|(_, l)| l),
-            "every": self.disturbs().then_some(self.every),
-            "yield": self.yield_now,
-            "signal": self.signal,
-            "sleep_ms": self.sleep_ms,
-            "affinity_churn": self.affinity_churn,
-            "time_limit_s": self.time_limit,
-            "force_degraded": self.degraded,
-            "sabotage": self.sabotage,
-            "command": self.command(None),
-        })
+        });
+        if let Value::Object(m) = &mut c {
+            m.extend(self.disturbance.json());
+        }
+        c["time_limit_s"] = json!(self.time_limit);
+        c["force_degraded"] = json!(self.degraded);
+        c["sabotage"] = json!(self.sabotage);
+        c["command"] = json!(self.command(None));
+        c
     }
 }
 
-/// 6 x the CPUs this process may use.
+/// 6 x the [cores](crate::cpus::cores) (the CPUs this process may run on).
 pub fn default_threads() -> usize {
-    6 * std::thread::available_parallelism().map_or(1, |n| n.get())
+    6 * crate::cpus::cores()
 }
 
 /// Whether the `inject` feature (and so `restartable::inject`) is compiled into this binary.
@@ -298,10 +256,6 @@ fn need_inject(what: &str) -> Box<dyn std::error::Error> {
     .into()
 }
 
-fn forced() -> bool {
-    std::env::var_os(FORCE_DEGRADED).is_some_and(|v| v == OsStr::new("1"))
-}
-
 /// Run `restartable stress`.
 pub fn run(args: &Args) -> CmdResult {
     if args.list_points {
@@ -313,37 +267,14 @@ pub fn run(args: &Args) -> CmdResult {
     if let Some(size) = args.matrix {
         return matrix::run(size, args);
     }
-    if !INJECT && args.inject_point.is_some() {
+    if !INJECT && args.disturbance.inject_point.is_some() {
         return Err(need_inject("--inject-point"));
     }
     if args.force_degraded && !forced() {
         return reexec_degraded();
     }
-    let test = match args.test {
-        TestArg::Counter => Some(Test::Counter),
-        TestArg::Spinlock => Some(Test::Spinlock),
-        TestArg::Stack => Some(Test::Stack),
-        TestArg::Buffer => Some(Test::Buffer),
-        TestArg::Memcpy => Some(Test::Memcpy),
-        TestArg::Remote => Some(Test::Remote),
-        TestArg::All => None,
-    };
-    let cfg = Config {
-        test,
-        threads: args.threads.map_or_else(default_threads, |t| t as usize),
-        reps: args.reps,
-        index: args.index,
-        inject: args.inject_point.map(|k| (k, args.inject_loops.unwrap_or(10_000))),
-        every: args.every.unwrap_or(DEFAULT_EVERY),
-        yield_now: args.yield_now,
-        signal: args.signal,
-        sleep_ms: args.sleep_ms,
-        affinity_churn: args.affinity_churn,
-        time_limit: args.time_limit,
-        // Also when the variable came from the environment: the reproduce line must say so.
-        degraded: forced(),
-        sabotage: args.sabotage,
-    };
+    // Degraded also when the variable came from the environment: the reproduce line must say so.
+    let cfg = Config::from_args(args, forced());
     if cfg.degraded && restartable::mode() != &Mode::Degraded(Degraded::Forced) {
         return Err(format!("{FORCE_DEGRADED}=1 did not force degraded mode (mode: {})", restartable::mode()).into());
     }
@@ -358,15 +289,7 @@ pub fn run(args: &Args) -> CmdResult {
     if report.ok() {
         Ok(ExitCode::SUCCESS)
     } else {
-        let mut err = io::stderr().lock();
-        for t in report.tests.iter().filter(|t| !t.ok()) {
-            writeln!(err, "stress: FAILED: {} ({} broken invariants)", t.test.name(), t.found.failed)?;
-            for m in &t.found.failures {
-                writeln!(err, "  {m}")?;
-            }
-            writeln!(err, "  reproduce: {}", cfg.command(Some(t.test)))?;
-            writeln!(err, "         or: {}", cfg.cargo_command(Some(t.test)))?;
-        }
+        report.print_failures(&cfg, &mut io::stderr().lock())?;
         Ok(ExitCode::FAILURE)
     }
 }
@@ -385,130 +308,37 @@ fn list_points() -> CmdResult {
 
 /// Run this very command again with degraded mode forced, and end as it ends.
 fn reexec_degraded() -> CmdResult {
-    let exe = std::env::current_exe()?;
-    let status = Command::new(&exe).args(std::env::args_os().skip(1)).env(FORCE_DEGRADED, "1").status()?;
-    match status.code() {
+    let run = Reexec::new(std::env::args_os().skip(1)).degraded(true).inherit_output().run()?;
+    match run.status.code() {
         Some(c) => Ok(ExitCode::from(u8::try_from(c).unwrap_or(1))),
-        None => Err(format!("the degraded run ({}) ended without an exit code: {status}", exe.display()).into()),
-    }
-}
-
-/// One test's result.
-pub struct TestReport {
-    pub test: Test,
-    pub found: cases::Found,
-    pub aborts: u64,
-    pub slow_path_uses: u64,
-    pub opv_runs: u64,
-    pub seconds: f64,
-}
-
-impl TestReport {
-    pub fn ok(&self) -> bool {
-        self.found.failed == 0
-    }
-
-    /// The column titles of [`row`](Self::row).
-    pub fn header() -> String {
-        format!(
-            "{:<9} {:>4} {:>10} {:>7} {:>7} {:>9} {:>7} {:>8}",
-            "test", "ok", "ops", "checks", "aborts", "slow path", "op vecs", "seconds"
-        )
-    }
-
-    /// One line of the text report (also used by the tour).
-    pub fn row(&self) -> String {
-        format!(
-            "{:<9} {:>4} {:>10} {:>7} {:>7} {:>9} {:>7} {:>8.2}",
-            self.test.name(),
-            if self.ok() { "ok" } else { "FAIL" },
-            self.found.ops,
-            self.found.checks_passed,
-            self.aborts,
-            self.slow_path_uses,
-            self.opv_runs,
-            self.seconds
-        )
-    }
-}
-
-/// A whole run's result.
-pub struct Report {
-    pub tests: Vec<TestReport>,
-}
-
-impl Report {
-    pub fn ok(&self) -> bool {
-        self.tests.iter().all(TestReport::ok)
-    }
-
-    fn to_json(&self, cfg: &Config) -> Value {
-        let mode = restartable::mode();
-        let mut c = cfg.to_json();
-        c["mode"] =
-            json!({ "kind": if mode.is_fast() { "fast" } else { "degraded" }, "description": mode.to_string() });
-        let tests: Vec<Value> = self
-            .tests
-            .iter()
-            .map(|t| {
-                json!({
-                    "test": t.test.name(),
-                    "ok": t.ok(),
-                    "ops": t.found.ops,
-                    "remote_rounds": t.found.remote_rounds,
-                    "checks_passed": t.found.checks_passed,
-                    "checks_failed": t.found.failed,
-                    "aborts": t.aborts,
-                    "slow_path_uses": t.slow_path_uses,
-                    "opv_runs": t.opv_runs,
-                    "seconds": t.seconds,
-                    "failures": t.found.failures,
-                    "reproduce": (!t.ok()).then(|| cfg.command(Some(t.test))),
-                })
-            })
-            .collect();
-        json!({ "config": c, "tests": tests, "ok": self.ok() })
-    }
-
-    fn print(&self, cfg: &Config, out: &mut impl Write) -> io::Result<()> {
-        writeln!(out, "{}", cfg.command(None))?;
-        writeln!(out, "mode: {}", restartable::mode())?;
-        writeln!(out, "{}", TestReport::header())?;
-        for t in &self.tests {
-            writeln!(out, "{}", t.row())?;
-        }
-        let passed = self.tests.iter().filter(|t| t.ok()).count();
-        writeln!(out, "stress: {passed} of {} tests passed", self.tests.len())
+        None => Err(format!("the degraded run ended without an exit code: {}", run.status).into()),
     }
 }
 
 /// Run a configuration in this process.
 pub fn run_config(cfg: &Config) -> Result<Report, Box<dyn std::error::Error>> {
-    if cfg.signal {
-        harness::install_signal_handler()?;
-    }
     // Decide the mode before the first test, so that its cost is not in a test's time.
     let _ = restartable::mode();
-    set_inject(cfg.inject);
-    let plan = cfg.plan();
-    let tests: Vec<Test> = cfg.test.map_or_else(|| cases::ALL.to_vec(), |t| vec![t]);
-    let mut reports = Vec::new();
-    for test in tests {
+    cfg.disturbance.prepare()?;
+    let reports = run_tests(cfg);
+    cfg.disturbance.finish();
+    Ok(Report { tests: reports? })
+}
+
+/// Each test of `cfg`, with the library's counters read around it.
+fn run_tests(cfg: &Config) -> Result<Vec<TestReport>, Box<dyn std::error::Error>> {
+    let tests = cfg.test.as_ref().map_or(Test::all(), std::slice::from_ref);
+    let mut reports = Vec::with_capacity(tests.len());
+    for &test in tests {
         let (aborts, slow, opv) =
             (restartable::retry::aborts(), restartable::retry::slow_path_uses(), restartable::opv::runs());
         let start = Instant::now();
         let found = match cfg.index {
-            IndexArg::Cpu => cases::run::<Cpu>(test, &plan, cfg.sabotage),
-            IndexArg::MmCid => cases::run::<MmCid>(test, &plan, cfg.sabotage),
+            IndexArg::Cpu => cases::run::<Cpu>(test, cfg),
+            IndexArg::MmCid => cases::run::<MmCid>(test, cfg),
         };
         let seconds = start.elapsed().as_secs_f64();
-        let found = match found {
-            Ok(f) => f,
-            Err(e) => {
-                set_inject(None);
-                return Err(format!("{}: {e}", test.name()).into());
-            }
-        };
+        let found = found.map_err(|e| format!("{}: {e}", test.name()))?;
         reports.push(TestReport {
             test,
             found,
@@ -518,17 +348,5 @@ pub fn run_config(cfg: &Config) -> Result<Report, Box<dyn std::error::Error>> {
             seconds,
         });
     }
-    set_inject(None);
-    Ok(Report { tests: reports })
+    Ok(reports)
 }
-
-#[cfg(feature = "inject")]
-fn set_inject(point: Option<(u8, u64)>) {
-    restartable::inject::clear();
-    if let Some((k, loops)) = point {
-        restartable::inject::set(usize::from(k), loops);
-    }
-}
-
-#[cfg(not(feature = "inject"))]
-fn set_inject(_: Option<(u8, u64)>) {}

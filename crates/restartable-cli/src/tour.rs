@@ -2,13 +2,11 @@
 //! a short stress of every collection (with a progress bar), and the benchmark table at one
 //! thread and at the core count, ending with one line that says what was verified.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
-
-use crate::stress::{self, Config, IndexArg};
+use crate::stress::{self, Config, Disturbance, Test};
 use crate::{CmdResult, bench, info};
 
 /// Stress repetitions per worker in the tour (each test also stops after two seconds).
@@ -32,34 +30,17 @@ pub fn tour() -> CmdResult {
     )?;
     writeln!(out, "  {}", stress::TestReport::header())?;
     out.flush()?;
-    let bar = if io::stderr().is_terminal() {
-        let b = ProgressBar::new(stress::ALL.len() as u64);
-        b.set_style(
-            ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = crate::progress::bar(Test::all().len());
     let (mut checks, mut ops, mut aborts, mut slow, mut failed) = (0u64, 0u64, 0u64, 0u64, Vec::new());
-    for test in stress::ALL {
+    for &test in Test::all() {
         bar.set_message(test.name());
+        // By CPU number, at most two seconds per test, and undisturbed: the disturbances are
+        // for `stress` and its matrix.
         let cfg = Config {
             test: Some(test),
-            threads,
-            reps: STRESS_REPS,
-            index: IndexArg::Cpu,
-            inject: None,
-            every: 0,
-            yield_now: false,
-            signal: false,
-            sleep_ms: None,
-            affinity_churn: false,
+            disturbance: Disturbance::none(),
             time_limit: Some(2.0),
-            degraded: false,
-            sabotage: false,
+            ..Config::new(threads, STRESS_REPS)
         };
         let report = stress::run_config(&cfg)?;
         for t in &report.tests {
@@ -84,7 +65,7 @@ pub fn tour() -> CmdResult {
     }
     writeln!(out)?;
 
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::cpus::cores();
     writeln!(out, "== the benchmark at 1 thread and at {cores} threads (restartable bench) ==")?;
     out.flush()?;
     let table = bench::run_table(&[1, cores], Duration::from_secs_f64(BENCH_SECONDS))?;

@@ -1,9 +1,11 @@
 //! The `--svg` chart: ns/op against threads, one line per implementation (plotters, SVG backend
 //! only; text is measured with plotters' built-in estimate, so no font files are needed).
 
+use std::path::Path;
+
 use plotters::prelude::*;
 
-use super::Table;
+use super::report::Table;
 
 /// Render `table` as an SVG document.
 pub fn render(table: &Table) -> Result<String, String> {
@@ -60,6 +62,12 @@ pub fn render(table: &Table) -> Result<String, String> {
         root.present().map_err(err)?;
     }
     Ok(svg)
+}
+
+/// Write the chart of `table` to `path`.
+pub fn write(table: &Table, path: &Path) -> Result<(), String> {
+    let doc = render(table)?;
+    std::fs::write(path, doc).map_err(|e| format!("cannot write the SVG file {}: {e}", path.display()))
 }
 
 fn err(e: impl std::fmt::Display) -> String {

@@ -1,4 +1,4 @@
-//! The six stress tests. Each runs the workers of a [`Plan`] on one collection while the
+//! The six stress tests. Each runs the workers of a [`Config`] on one collection while the
 //! remote thread drains, takes or locks other CPUs' data through the guard, and then checks
 //! conservation exactly:
 //!
@@ -13,6 +13,13 @@
 //!   the remote thread swaps the copies with an op vector (or under a `CpuStop` it holds),
 //!   then checks that the now-inactive copy never changes while it sums and resets it, and
 //!   drains the active copy with an op vector (memcpy out + and 0). Totals must match.
+//!
+//! # Adding a test
+//!
+//! A variant of [`Test`] (its doc comment is its line in `stress --help`, its kebab-case name
+//! the value of `--test`), its name in [`Test::name`], and one function here that takes the
+//! [`Config`], runs [`drive`] and returns what it [`Found`], called from [`run`]. `--test all`,
+//! the matrix, the tour and the reports pick it up from [`Test::all`].
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -22,23 +29,35 @@ use restartable::opv::OpVec;
 use restartable::retry::{self, Path};
 use restartable::{Buffer, Counter, MemcpyBuffer, PerCpu, SpinLock, Stack};
 
-use super::harness::{Pacer, Plan, drive};
+use clap::ValueEnum;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
-/// The tests, in the order `--test all` runs them.
-pub const ALL: [Test; 6] = [Test::Counter, Test::Spinlock, Test::Stack, Test::Buffer, Test::Memcpy, Test::Remote];
+use super::Config;
+use super::harness::{Pacer, drive};
 
-/// One stress test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// One stress test: the value of `--test` (which also takes `all`: see [`selection`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Test {
+    /// Counter: add on the current CPU, `take_cpu` remotely; totals must match.
     Counter,
+    /// SpinLock: plain counters under per-CPU locks, locked remotely too.
     Spinlock,
+    /// Stack: push/pop unique items, drain remotely; every item exactly once.
     Stack,
+    /// Buffer: push/pop boxed items in small per-CPU buffers (full ones give items back).
     Buffer,
+    /// MemcpyBuffer: 128-byte items with a checksum in every word (torn copies are caught).
     Memcpy,
+    /// Two copies of a per-CPU array behind a pointer, swapped and drained with op vectors.
     Remote,
 }
 
 impl Test {
+    /// Every test, in the order `--test all` runs them (the order of the variants).
+    pub fn all() -> &'static [Test] {
+        Test::value_variants()
+    }
+
     /// The name `--test` takes.
     pub fn name(self) -> &'static str {
         match self {
@@ -50,6 +69,13 @@ impl Test {
             Test::Remote => "remote",
         }
     }
+}
+
+/// The parser of `--test`: a test's name, or `all` (`None`: every test).
+pub fn selection() -> impl TypedValueParser<Value = Option<Test>> {
+    let tests = Test::all().iter().filter_map(ValueEnum::to_possible_value);
+    let all = PossibleValue::new("all").help("Every test above, one after the other");
+    PossibleValuesParser::new(tests.chain([all])).map(|s| Test::from_str(&s, false).ok())
 }
 
 /// What a test found.
@@ -97,17 +123,17 @@ impl Found {
     }
 }
 
-/// Run `test` with index mode `I`. `sabotage` makes the counter test use the library's
-/// deliberately broken op (inject builds only); the other tests ignore it.
-pub fn run<I: Index>(test: Test, plan: &Plan, sabotage: bool) -> std::io::Result<Found> {
+/// Run `test` as `cfg` says, with index mode `I`. `cfg.sabotage` makes the counter test use
+/// the library's deliberately broken op (inject builds only); the other tests ignore it.
+pub fn run<I: Index>(test: Test, cfg: &Config) -> std::io::Result<Found> {
     match test {
-        Test::Counter if sabotage => broken_counter(plan),
-        Test::Counter => counter::<I>(plan),
-        Test::Spinlock => spinlock::<I>(plan),
-        Test::Stack => stack::<I>(plan),
-        Test::Buffer => buffer::<I>(plan),
-        Test::Memcpy => memcpy::<I>(plan),
-        Test::Remote => remote::<I>(plan),
+        Test::Counter if cfg.sabotage => broken_counter(cfg),
+        Test::Counter => counter::<I>(cfg),
+        Test::Spinlock => spinlock::<I>(cfg),
+        Test::Stack => stack::<I>(cfg),
+        Test::Buffer => buffer::<I>(cfg),
+        Test::Memcpy => memcpy::<I>(cfg),
+        Test::Remote => remote::<I>(cfg),
     }
 }
 
@@ -118,12 +144,12 @@ fn limit() -> usize {
 // ---------------------------------------------------------------------------------------------
 // counter
 
-fn counter<I: Index>(plan: &Plan) -> std::io::Result<Found> {
+fn counter<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     let c = Counter::<I>::default();
     let mut taken = 0u64;
     let mut remote = Found::default();
     let run = drive(
-        plan,
+        cfg,
         |_, p: &mut Pacer<'_>| {
             let mut added = 0u64;
             while p.next() {
@@ -161,13 +187,13 @@ fn counter<I: Index>(plan: &Plan) -> std::io::Result<Found> {
 /// The counter test on raw per-CPU slots with a deliberately broken op that commits twice:
 /// it must fail (this is how the tests show that the harness can fail).
 #[cfg(feature = "inject")]
-fn broken_counter(plan: &Plan) -> std::io::Result<Found> {
+fn broken_counter(cfg: &Config) -> std::io::Result<Found> {
     use restartable::ops::Cpu;
     let slots: PerCpu<AtomicUsize, Cpu> = PerCpu::new(|_| AtomicUsize::new(0));
     let mut taken = 0u64;
     let mut remote = Found::default();
     let run = drive(
-        plan,
+        cfg,
         |_, p: &mut Pacer<'_>| {
             let mut added = 0u64;
             while p.next() {
@@ -212,7 +238,7 @@ fn broken_counter(plan: &Plan) -> std::io::Result<Found> {
 }
 
 #[cfg(not(feature = "inject"))]
-fn broken_counter(_: &Plan) -> std::io::Result<Found> {
+fn broken_counter(_: &Config) -> std::io::Result<Found> {
     Err(std::io::Error::other("--sabotage needs the inject feature"))
 }
 
@@ -226,12 +252,12 @@ struct Pair {
     b: u64,
 }
 
-fn spinlock<I: Index>(plan: &Plan) -> std::io::Result<Found> {
+fn spinlock<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     let lock = SpinLock::<Pair, I>::default();
     let (mut moved_a, mut moved_b) = (0u64, 0u64);
     let mut remote = Found::default();
     let run = drive(
-        plan,
+        cfg,
         |_, p: &mut Pacer<'_>| {
             while p.next() {
                 let mut g = lock.lock();
@@ -353,9 +379,25 @@ struct Moved {
     torn: Vec<String>,
 }
 
-/// Push on two operations of three, pop on the third.
-fn is_push(k: u64) -> bool {
-    k % 3 != 2
+/// An item worker's loop: on two operations of three push a new unique item (`push` gets its
+/// id), on the third pop (`pop` records what it got); returns what was moved.
+fn push_pop(
+    w: usize,
+    p: &mut Pacer<'_>,
+    mut push: impl FnMut(&mut Moved, u64),
+    mut pop: impl FnMut(&mut Moved),
+) -> Moved {
+    let mut m = Moved::default();
+    while p.next() {
+        if p.k() % 3 != 2 {
+            let id = item_id(w, m.pushed);
+            push(&mut m, id);
+            m.pushed += 1;
+        } else {
+            pop(&mut m);
+        }
+    }
+    m
 }
 
 /// Check the items seen by workers, the remote thread and the final drain.
@@ -371,42 +413,36 @@ fn account(what: &str, run_results: Vec<Moved>, drained: Vec<u64>, left: Vec<u64
     ledger.finish(what, f);
 }
 
-fn stack<I: Index>(plan: &Plan) -> std::io::Result<Found> {
+/// Drain every index with `drain` (a collection's `drain_cpu`) and hand each item to `keep`; a
+/// failed drain is a broken invariant in `f`, named `what(cpu)`.
+fn drain_each<T, E: std::fmt::Display>(
+    f: &mut Found,
+    what: &str,
+    drain: impl Fn(usize) -> Result<Vec<T>, E>,
+    keep: impl FnMut(T),
+) {
+    let mut keep = keep;
+    for cpu in 0..limit() {
+        match drain(cpu) {
+            Ok(v) => v.into_iter().for_each(&mut keep),
+            Err(e) => f.fail(format!("{what}({cpu}) failed: {e}")),
+        }
+    }
+}
+
+fn stack<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     let st = Stack::<u64, I>::new();
     let mut drained = Vec::new();
     let mut remote = Found::default();
     let run = drive(
-        plan,
-        |w, p: &mut Pacer<'_>| {
-            let mut m = Moved::default();
-            while p.next() {
-                if is_push(p.k()) {
-                    st.push(item_id(w, m.pushed));
-                    m.pushed += 1;
-                } else if let Some(id) = st.pop() {
-                    m.popped.push(id);
-                }
-            }
-            m
-        },
-        || {
-            for cpu in 0..limit() {
-                match st.drain_cpu(cpu) {
-                    Ok(v) => drained.extend(v),
-                    Err(e) => remote.fail(format!("drain_cpu({cpu}) failed: {e}")),
-                }
-            }
-        },
+        cfg,
+        |w, p: &mut Pacer<'_>| push_pop(w, p, |_, id| st.push(id), |m| m.popped.extend(st.pop())),
+        || drain_each(&mut remote, "drain_cpu", |c| st.drain_cpu(c), |id| drained.push(id)),
     )?;
     let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
     f.merge(remote);
     let mut left = Vec::new();
-    for cpu in 0..limit() {
-        match st.drain_cpu(cpu) {
-            Ok(v) => left.extend(v),
-            Err(e) => f.fail(format!("final drain_cpu({cpu}) failed: {e}")),
-        }
-    }
+    drain_each(&mut f, "final drain_cpu", |c| st.drain_cpu(c), |id| left.push(id));
     account("stack", run.results, drained, left, &mut f);
     Ok(f)
 }
@@ -414,44 +450,30 @@ fn stack<I: Index>(plan: &Plan) -> std::io::Result<Found> {
 /// Per-CPU capacity of the buffers: small, so that full buffers (items given back) happen.
 const CAPACITY: usize = 32;
 
-fn buffer<I: Index>(plan: &Plan) -> std::io::Result<Found> {
+fn buffer<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     let buf = Buffer::<u64, I>::with_capacity(CAPACITY);
     let mut drained = Vec::new();
     let mut remote = Found::default();
     let run = drive(
-        plan,
+        cfg,
         |w, p: &mut Pacer<'_>| {
-            let mut m = Moved::default();
-            while p.next() {
-                if is_push(p.k()) {
-                    if let Err(back) = buf.push(Box::new(item_id(w, m.pushed))) {
+            push_pop(
+                w,
+                p,
+                |m, id| {
+                    if let Err(back) = buf.push(Box::new(id)) {
                         m.given_back.push(*back);
                     }
-                    m.pushed += 1;
-                } else if let Some(id) = buf.pop() {
-                    m.popped.push(*id);
-                }
-            }
-            m
+                },
+                |m| m.popped.extend(buf.pop().map(|b| *b)),
+            )
         },
-        || {
-            for cpu in 0..limit() {
-                match buf.drain_cpu(cpu) {
-                    Ok(v) => drained.extend(v.into_iter().map(|b| *b)),
-                    Err(e) => remote.fail(format!("drain_cpu({cpu}) failed: {e}")),
-                }
-            }
-        },
+        || drain_each(&mut remote, "drain_cpu", |c| buf.drain_cpu(c), |b| drained.push(*b)),
     )?;
     let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
     f.merge(remote);
     let mut left = Vec::new();
-    for cpu in 0..limit() {
-        match buf.drain_cpu(cpu) {
-            Ok(v) => left.extend(v.into_iter().map(|b| *b)),
-            Err(e) => f.fail(format!("final drain_cpu({cpu}) failed: {e}")),
-        }
-    }
+    drain_each(&mut f, "final drain_cpu", |c| buf.drain_cpu(c), |b| left.push(*b));
     account("buffer", run.results, drained, left, &mut f);
     Ok(f)
 }
@@ -480,57 +502,56 @@ impl Item {
     }
 }
 
-fn memcpy<I: Index>(plan: &Plan) -> std::io::Result<Found> {
+fn memcpy<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     let buf = MemcpyBuffer::<Item, I>::with_capacity(CAPACITY);
     let mut drained = Vec::new();
     let mut torn = Vec::new();
     let mut remote = Found::default();
     let run = drive(
-        plan,
+        cfg,
         |w, p: &mut Pacer<'_>| {
-            let mut m = Moved::default();
-            while p.next() {
-                if is_push(p.k()) {
-                    if let Err(back) = buf.push(Item::new(item_id(w, m.pushed))) {
+            push_pop(
+                w,
+                p,
+                |m, id| {
+                    if let Err(back) = buf.push(Item::new(id)) {
                         match back.id("given back") {
                             Ok(id) => m.given_back.push(id),
                             Err(e) => m.torn.push(e),
                         }
                     }
-                    m.pushed += 1;
-                } else if let Some(item) = buf.pop() {
-                    match item.id("popped") {
-                        Ok(id) => m.popped.push(id),
-                        Err(e) => m.torn.push(e),
-                    }
-                }
-            }
-            m
+                },
+                |m| match buf.pop().map(|item| item.id("popped")) {
+                    Some(Ok(id)) => m.popped.push(id),
+                    Some(Err(e)) => m.torn.push(e),
+                    None => {}
+                },
+            )
         },
         || {
-            for cpu in 0..limit() {
-                match buf.drain_cpu(cpu) {
-                    Ok(v) => v.iter().for_each(|item| match item.id("drained") {
-                        Ok(id) => drained.push(id),
-                        Err(e) => torn.push(e),
-                    }),
-                    Err(e) => remote.fail(format!("drain_cpu({cpu}) failed: {e}")),
-                }
-            }
+            drain_each(
+                &mut remote,
+                "drain_cpu",
+                |c| buf.drain_cpu(c),
+                |item| match item.id("drained") {
+                    Ok(id) => drained.push(id),
+                    Err(e) => torn.push(e),
+                },
+            )
         },
     )?;
     let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
     f.merge(remote);
     let mut left = Vec::new();
-    for cpu in 0..limit() {
-        match buf.drain_cpu(cpu) {
-            Ok(v) => v.iter().for_each(|item| match item.id("left at the end") {
-                Ok(id) => left.push(id),
-                Err(e) => torn.push(e),
-            }),
-            Err(e) => f.fail(format!("final drain_cpu({cpu}) failed: {e}")),
-        }
-    }
+    drain_each(
+        &mut f,
+        "final drain_cpu",
+        |c| buf.drain_cpu(c),
+        |item| match item.id("left at the end") {
+            Ok(id) => left.push(id),
+            Err(e) => torn.push(e),
+        },
+    );
     let mut results = run.results;
     for m in &mut results {
         torn.append(&mut m.torn);
@@ -571,7 +592,7 @@ impl Twin {
     }
 }
 
-fn remote<I: Index>(plan: &Plan) -> std::io::Result<Found> {
+fn remote<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     let twins: PerCpu<Twin, I> = PerCpu::default();
     // The slots do not move once the PerCpu exists: wire the pointers now.
     for (_, t) in twins.iter() {
@@ -587,7 +608,7 @@ fn remote<I: Index>(plan: &Plan) -> std::io::Result<Found> {
     let mut remote = Found::default();
     let mut step = 0usize;
     let run = drive(
-        plan,
+        cfg,
         |w, p: &mut Pacer<'_>| {
             let (mut added, mut errors) = (0u64, Vec::new());
             while p.next() {

@@ -1,35 +1,15 @@
 //! What every stress test shares: worker threads paced by a [`Pacer`] (the repetition count,
-//! the time limit, and the every-M-th-op disturbances: `sched_yield`, SIGUSR1, sleep), a remote
-//! thread that runs concurrently with the workers from their first operation to their last,
-//! and the affinity-churn thread that moves workers between CPUs.
+//! the time limit, and the periodic disturbances), a remote thread that runs concurrently with
+//! the workers from their first operation to their last, and the disturbances' own threads
+//! beside them (see [`super::disturbance`], which owns everything a disturbance does).
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-/// How the workers of one test run.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    /// Worker threads.
-    pub threads: usize,
-    /// Operations per worker.
-    pub reps: u64,
-    /// Stop early at this instant (`--time-limit`).
-    pub time_limit: Option<Duration>,
-    /// Every M-th operation of each worker is followed by the disturbances below.
-    pub every: u64,
-    /// `sched_yield` at each disturbance.
-    pub yield_now: bool,
-    /// SIGUSR1 at each disturbance: to the process (any thread) or to another worker, by turns.
-    pub signal: bool,
-    /// Sleep at each disturbance.
-    pub sleep: Option<Duration>,
-    /// Run the affinity-churn thread.
-    pub affinity_churn: bool,
-}
+use super::Config;
 
-/// State shared by a test's threads.
-struct Shared {
+/// A test's threads, as the workers, the remote thread and the disturbances see them.
+pub struct Threads {
     /// The workers' thread ids (0 until a worker starts), for signals and affinity changes.
     tids: Box<[AtomicI32]>,
     /// Set when the last worker has finished.
@@ -40,9 +20,31 @@ struct Shared {
     running: AtomicUsize,
 }
 
+impl Threads {
+    /// How many workers the test runs.
+    pub fn workers(&self) -> usize {
+        self.tids.len()
+    }
+
+    /// Worker `i`'s thread id: 0 before it starts and after it finishes.
+    pub fn tid(&self, i: usize) -> i32 {
+        self.tids[i].load(Relaxed)
+    }
+
+    /// Every worker's thread id (0 for one not running).
+    pub fn tids(&self) -> impl Iterator<Item = i32> + '_ {
+        self.tids.iter().map(|t| t.load(Relaxed))
+    }
+
+    /// Whether the last worker has finished.
+    pub fn finished(&self) -> bool {
+        self.done.load(SeqCst)
+    }
+}
+
 /// Marks a worker finished when dropped (also when it unwinds).
 struct Finish<'a> {
-    shared: &'a Shared,
+    shared: &'a Threads,
     me: usize,
 }
 
@@ -55,22 +57,24 @@ impl Drop for Finish<'_> {
     }
 }
 
-/// A worker's view of its plan: call [`next`](Pacer::next) before each operation.
+/// A worker's view of its run: call [`next`](Pacer::next) before each operation.
 pub struct Pacer<'a> {
-    plan: &'a Plan,
-    shared: &'a Shared,
+    cfg: &'a Config,
+    shared: &'a Threads,
+    /// The disturbances' period M, if workers do something every M-th operation.
+    period: Option<u64>,
     deadline: Option<Instant>,
     me: usize,
     done: u64,
     rng: u64,
 }
 
-impl Pacer<'_> {
+impl<'a> Pacer<'a> {
     /// Whether to do another operation (the count and the deadline allow it). Runs the
-    /// disturbances after every M-th operation.
+    /// periodic disturbances after every M-th operation.
     #[inline]
     pub fn next(&mut self) -> bool {
-        if self.done >= self.plan.reps {
+        if self.done >= self.cfg.reps {
             return false;
         }
         if self.done.is_multiple_of(64)
@@ -79,7 +83,10 @@ impl Pacer<'_> {
         {
             return false;
         }
-        if self.done > 0 && self.done.is_multiple_of(self.plan.every) {
+        if let Some(m) = self.period
+            && self.done > 0
+            && self.done.is_multiple_of(m)
+        {
             self.disturb();
         }
         self.done += 1;
@@ -97,37 +104,30 @@ impl Pacer<'_> {
         self.done
     }
 
-    #[cold]
-    fn disturb(&mut self) {
-        if self.plan.yield_now {
-            std::thread::yield_now();
-        }
-        if self.plan.signal {
-            self.send_signal();
-        }
-        if let Some(d) = self.plan.sleep {
-            std::thread::sleep(d);
-        }
+    /// This worker's number (0-based).
+    pub fn worker(&self) -> usize {
+        self.me
     }
 
-    fn send_signal(&mut self) {
-        let n = self.shared.tids.len();
-        let turn = self.done / self.plan.every;
-        if turn.is_multiple_of(2) || n < 2 {
-            // To the process: the kernel picks a thread that does not block it, often one that
-            // is running (and perhaps inside a critical section).
-            // SAFETY: kill(2) with our own pid and a signal whose handler is installed.
-            unsafe { libc::kill(libc::getpid(), libc::SIGUSR1) };
-        } else {
-            let other = (self.me + 1 + (xorshift(&mut self.rng) as usize % (n - 1))) % n;
-            let tid = self.shared.tids[other].load(Relaxed);
-            if tid != 0 {
-                // SAFETY: tgkill(2) with our own pid: it can only reach a thread of this process
-                // (a worker, or a thread that reused an exited worker's id), all of which
-                // handle SIGUSR1 with the empty handler.
-                unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGUSR1) };
-            }
-        }
+    /// How many periods have passed (1 at the first disturbance).
+    pub fn turn(&self) -> u64 {
+        self.period.map_or(0, |m| self.done / m)
+    }
+
+    /// A pseudo-random number from this worker's own sequence.
+    pub fn random(&mut self) -> u64 {
+        xorshift(&mut self.rng)
+    }
+
+    /// The test's threads.
+    pub fn threads(&self) -> &'a Threads {
+        self.shared
+    }
+
+    #[cold]
+    fn disturb(&mut self) {
+        let cfg = self.cfg;
+        cfg.disturbance.at_period(self);
     }
 }
 
@@ -141,55 +141,36 @@ pub struct Run<R> {
     pub remote_rounds: u64,
 }
 
-fn xorshift(s: &mut u64) -> u64 {
+/// One step of a xorshift64 sequence (never 0 from a non-zero state).
+pub fn xorshift(s: &mut u64) -> u64 {
     *s ^= *s << 13;
     *s ^= *s >> 7;
     *s ^= *s << 17;
     *s
 }
 
-extern "C" fn on_sigusr1(_: libc::c_int) {}
-
-/// Install the empty SIGUSR1 handler (once per process, before any signal is sent).
-pub fn install_signal_handler() -> std::io::Result<()> {
-    static DONE: OnceLock<i32> = OnceLock::new();
-    let rc = *DONE.get_or_init(|| {
-        // SAFETY: a zeroed sigaction with a valid handler, an empty mask and SA_RESTART is a
-        // valid argument; the handler does nothing, so it is async-signal-safe.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_sigusr1 as extern "C" fn(libc::c_int) as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            if libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()) == 0 {
-                0
-            } else {
-                std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL)
-            }
-        }
-    });
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::from_raw_os_error(rc)) }
-}
-
-/// Run `work(worker, pacer)` on `plan.threads` threads while `remote()` runs in a loop on
-/// another thread (and, with `affinity_churn`, a third thread moves the workers between CPUs).
+/// Run `work(worker, pacer)` on `cfg.threads` threads while `remote()` runs in a loop on
+/// another thread, and the disturbances' [background](super::disturbance::Disturbance::background)
+/// threads beside them.
 ///
 /// The workers start only after the remote thread has begun its first round, and the remote
 /// thread keeps going until the last worker has finished (then does one more round), so remote
 /// operations overlap the workers' whole run.
 pub fn drive<R: Send>(
-    plan: &Plan,
+    cfg: &Config,
     work: impl Fn(usize, &mut Pacer<'_>) -> R + Sync,
     mut remote: impl FnMut() + Send,
 ) -> std::io::Result<Run<R>> {
-    let shared = Shared {
-        tids: (0..plan.threads).map(|_| AtomicI32::new(0)).collect(),
+    let shared = Threads {
+        tids: (0..cfg.threads).map(|_| AtomicI32::new(0)).collect(),
         done: AtomicBool::new(false),
         remote_started: AtomicBool::new(false),
-        running: AtomicUsize::new(plan.threads),
+        running: AtomicUsize::new(cfg.threads),
     };
     let shared = &shared;
     let work = &work;
+    let period = cfg.disturbance.period();
+    let time_limit = cfg.time_limit.map(Duration::from_secs_f64);
     let mut remote_rounds = 0u64;
     let rounds = &mut remote_rounds;
     let (results, ops) = std::thread::scope(|s| -> std::io::Result<(Vec<R>, u64)> {
@@ -206,19 +187,18 @@ pub fn drive<R: Send>(
             }
         });
         remote_thread?;
-        let churn = if plan.affinity_churn {
-            match std::thread::Builder::new().name("stress-churn".into()).spawn_scoped(s, move || churn(shared)) {
-                Ok(h) => Some(h),
+        let mut beside = Vec::new();
+        for b in cfg.disturbance.background() {
+            match std::thread::Builder::new().name(b.name.into()).spawn_scoped(s, move || (b.body)(shared)) {
+                Ok(h) => beside.push(h),
                 Err(e) => {
                     shared.done.store(true, SeqCst);
                     return Err(e);
                 }
             }
-        } else {
-            None
-        };
-        let mut handles = Vec::with_capacity(plan.threads);
-        for me in 0..plan.threads {
+        }
+        let mut handles = Vec::with_capacity(cfg.threads);
+        for me in 0..cfg.threads {
             let spawned = std::thread::Builder::new().name(format!("stress-w{me}")).spawn_scoped(s, move || {
                 shared.tids[me].store(gettid(), Relaxed);
                 // Counts this worker out even if `work` panics, so the remote thread stops.
@@ -227,9 +207,10 @@ pub fn drive<R: Send>(
                     std::thread::yield_now();
                 }
                 let mut pacer = Pacer {
-                    plan,
+                    cfg,
                     shared,
-                    deadline: plan.time_limit.map(|d| Instant::now() + d),
+                    period,
+                    deadline: time_limit.map(|d| Instant::now() + d),
                     me,
                     done: 0,
                     rng: 0x9e37_79b9_7f4a_7c15 ^ ((me as u64 + 1) << 17),
@@ -241,7 +222,7 @@ pub fn drive<R: Send>(
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     // The workers already started finish their count; then everything stops.
-                    let missing = plan.threads - me;
+                    let missing = cfg.threads - me;
                     if shared.running.fetch_sub(missing, SeqCst) == missing {
                         shared.done.store(true, SeqCst);
                     }
@@ -252,7 +233,7 @@ pub fn drive<R: Send>(
                 }
             }
         }
-        let mut out = Vec::with_capacity(plan.threads);
+        let mut out = Vec::with_capacity(cfg.threads);
         let mut ops = 0;
         for h in handles {
             match h.join() {
@@ -263,10 +244,10 @@ pub fn drive<R: Send>(
                 Err(p) => std::panic::resume_unwind(p),
             }
         }
-        if let Some(h) = churn
-            && let Err(p) = h.join()
-        {
-            std::panic::resume_unwind(p);
+        for h in beside {
+            if let Err(p) = h.join() {
+                std::panic::resume_unwind(p);
+            }
         }
         Ok((out, ops))
     })?;
@@ -276,56 +257,4 @@ pub fn drive<R: Send>(
 fn gettid() -> i32 {
     // SAFETY: gettid(2) has no preconditions.
     unsafe { libc::syscall(libc::SYS_gettid) as i32 }
-}
-
-/// The CPUs this process may run on now.
-pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity writes at most its size.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; pid 0 is the calling thread.
-    let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return vec![restartable::current_cpu()];
-    }
-    // SAFETY: CPU_ISSET reads the set for an index below CPU_SETSIZE.
-    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
-}
-
-fn set_affinity(tid: i32, cpus: &[usize]) {
-    // SAFETY: a zeroed cpu_set_t is an empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &c in cpus {
-        // SAFETY: `c` comes from `allowed_cpus`, so it is below CPU_SETSIZE.
-        unsafe { libc::CPU_SET(c, &mut set) };
-    }
-    // SAFETY: `set` is a valid, initialised cpu_set_t of the size given; an exited (or reused)
-    // tid only makes the call fail (ESRCH) or move another thread of this process.
-    unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) };
-}
-
-/// The affinity-churn thread: every 200 µs pin each running worker to a random allowed CPU
-/// (every fourth round, let them run anywhere again), until the workers are done.
-fn churn(shared: &Shared) {
-    let allowed = allowed_cpus();
-    if allowed.is_empty() {
-        return;
-    }
-    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-    let mut round = 0u64;
-    while !shared.done.load(SeqCst) {
-        for t in shared.tids.iter() {
-            let tid = t.load(Relaxed);
-            if tid == 0 {
-                continue;
-            }
-            if round % 4 == 3 {
-                set_affinity(tid, &allowed);
-            } else {
-                let c = allowed[xorshift(&mut rng) as usize % allowed.len()];
-                set_affinity(tid, &[c]);
-            }
-        }
-        round += 1;
-        std::thread::sleep(Duration::from_micros(200));
-    }
 }

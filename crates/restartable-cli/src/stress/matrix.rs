@@ -5,125 +5,93 @@
 //! progress bar runs meanwhile, a summary table per option group comes at the end, and every
 //! broken invariant is reported with the exact command line that reproduces it (exit 1).
 
-use std::io::{self, IsTerminal, Read, Write};
-use std::process::{Command, ExitCode, Stdio};
+use std::io::{self, Write};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use super::{Args, Config, FORCE_DEGRADED, IndexArg, MatrixArg, cases, default_threads};
+use super::{Args, Config, DEFAULT_REPS, Disturbance, INJECT, IndexArg, MatrixArg, Test, default_threads};
 use crate::CmdResult;
+use crate::reexec::{self, Reexec};
 
-/// One option group: the disturbances a configuration adds to the plain run.
-#[derive(Debug, Clone, Default)]
+/// One option group: a name and the disturbances its configurations add to the plain run.
+#[derive(Debug, Clone)]
 struct Group {
     name: String,
-    inject: Option<(u8, u64)>,
-    every: u64,
-    yield_now: bool,
-    signal: bool,
-    sleep_ms: Option<u64>,
-    affinity_churn: bool,
+    disturbance: Disturbance,
 }
 
-impl Group {
-    fn new(name: impl Into<String>) -> Self {
-        Group { name: name.into(), every: super::DEFAULT_EVERY, ..Group::default() }
-    }
-    fn inject(mut self, point: u8, loops: u64) -> Self {
-        self.inject = Some((point, loops));
-        self
-    }
-    fn every(mut self, m: u64) -> Self {
-        self.every = m;
-        self
-    }
-    fn yields(mut self) -> Self {
-        self.yield_now = true;
-        self
-    }
-    fn signals(mut self) -> Self {
-        self.signal = true;
-        self
-    }
-    fn sleeps(mut self, ms: u64) -> Self {
-        self.sleep_ms = Some(ms);
-        self
-    }
-    fn churns(mut self) -> Self {
-        self.affinity_churn = true;
-        self
-    }
+/// The group `name` with disturbance `d`.
+fn group(name: impl Into<String>, d: Disturbance) -> Group {
+    Group { name: name.into(), disturbance: d }
+}
+
+/// No disturbance yet (to build on).
+fn none() -> Disturbance {
+    Disturbance::none()
 }
 
 /// The option groups of a matrix size.
 fn groups(size: MatrixArg) -> Vec<Group> {
-    let mut g = vec![Group::new("plain")];
+    let mut g = vec![group("plain", none())];
     match size {
         MatrixArg::Quick => {
-            g.extend((1..=8).map(|k| Group::new(format!("inject {k}")).inject(k, 20_000)));
-            g.push(Group::new("yield").yields().every(16));
-            g.push(Group::new("signal").signals().every(32));
-            g.push(Group::new("sleep").sleeps(1).every(256));
-            g.push(Group::new("affinity churn").churns());
-            g.push(Group::new("inject 5 + signal").inject(5, 20_000).signals().every(32));
-            g.push(Group::new("inject 3 + yield + churn").inject(3, 20_000).yields().every(16).churns());
-            g.push(Group::new("inject 8 + signal + sleep").inject(8, 20_000).signals().sleeps(1).every(256));
+            g.extend((1..=8).map(|k| group(format!("inject {k}"), none().inject(k, 20_000))));
+            g.push(group("yield", none().yields().every(16)));
+            g.push(group("signal", none().signals().every(32)));
+            g.push(group("sleep", none().sleeps(1).every(256)));
+            g.push(group("affinity churn", none().churns()));
+            g.push(group("inject 5 + signal", none().inject(5, 20_000).signals().every(32)));
+            g.push(group("inject 3 + yield + churn", none().inject(3, 20_000).yields().every(16).churns()));
+            g.push(group("inject 8 + signal + sleep", none().inject(8, 20_000).signals().sleeps(1).every(256)));
         }
         MatrixArg::Full => {
             for k in 1..=8 {
                 for loops in [1_000, 100_000] {
-                    g.push(Group::new(format!("inject {k} x{loops}")).inject(k, loops));
+                    g.push(group(format!("inject {k} x{loops}"), none().inject(k, loops)));
                 }
             }
             for m in [1, 16] {
-                g.push(Group::new(format!("yield /{m}")).yields().every(m));
+                g.push(group(format!("yield /{m}"), none().yields().every(m)));
             }
             for m in [4, 64] {
-                g.push(Group::new(format!("signal /{m}")).signals().every(m));
+                g.push(group(format!("signal /{m}"), none().signals().every(m)));
             }
             for m in [64, 1024] {
-                g.push(Group::new(format!("sleep 1ms /{m}")).sleeps(1).every(m));
+                g.push(group(format!("sleep 1ms /{m}"), none().sleeps(1).every(m)));
             }
-            g.push(Group::new("affinity churn").churns());
-            g.push(Group::new("churn + yield").churns().yields().every(16));
+            g.push(group("affinity churn", none().churns()));
+            g.push(group("churn + yield", none().churns().yields().every(16)));
             for k in 1..=8 {
-                g.push(Group::new(format!("inject {k} + signal")).inject(k, 20_000).signals().every(16));
-            }
-            for k in 1..=8 {
-                g.push(Group::new(format!("inject {k} + churn")).inject(k, 20_000).churns());
+                g.push(group(format!("inject {k} + signal"), none().inject(k, 20_000).signals().every(16)));
             }
             for k in 1..=8 {
-                g.push(Group::new(format!("inject {k} + yield")).inject(k, 20_000).yields().every(8));
+                g.push(group(format!("inject {k} + churn"), none().inject(k, 20_000).churns()));
             }
-            g.push(Group::new("inject 5 + everything").inject(5, 20_000).signals().yields().churns().every(16));
-            g.push(Group::new("sleep + signal").sleeps(1).signals().every(128));
-            g.push(Group::new("inject 7 + sleep").inject(7, 100_000).sleeps(1).every(128));
+            for k in 1..=8 {
+                g.push(group(format!("inject {k} + yield"), none().inject(k, 20_000).yields().every(8)));
+            }
+            g.push(group("inject 5 + everything", none().inject(5, 20_000).signals().yields().churns().every(16)));
+            g.push(group("sleep + signal", none().sleeps(1).signals().every(128)));
+            g.push(group("inject 7 + sleep", none().inject(7, 100_000).sleeps(1).every(128)));
         }
     }
     g
 }
 
-/// Per-size run lengths.
-struct Params {
-    threads: usize,
-    reps: u64,
-    time_limit: f64,
-    child_timeout: Duration,
-}
-
-fn params(size: MatrixArg, args: &Args) -> Params {
+/// The run every configuration of a matrix size starts from (the matrix's own lengths unless
+/// --threads, --reps or --time-limit say otherwise), and the time limit of each child.
+fn base(size: MatrixArg, args: &Args) -> (Config, Duration) {
     let (reps, time_limit, timeout) = match size {
         MatrixArg::Quick => (200_000, 0.3, 90),
         MatrixArg::Full => (1_000_000, 1.0, 300),
     };
-    Params {
-        threads: args.threads.map_or_else(default_threads, |t| t as usize),
-        reps: if args.reps == super::DEFAULT_REPS { reps } else { args.reps },
-        time_limit: args.time_limit.unwrap_or(time_limit),
-        child_timeout: Duration::from_secs(timeout),
-    }
+    let threads = args.threads.map_or_else(default_threads, |t| t as usize);
+    let mut cfg = Config::new(threads, if args.reps == DEFAULT_REPS { reps } else { args.reps });
+    cfg.time_limit = Some(args.time_limit.unwrap_or(time_limit));
+    cfg.sabotage = args.sabotage;
+    (cfg, Duration::from_secs(timeout))
 }
 
 /// Totals of a group (or of everything).
@@ -157,10 +125,10 @@ struct Failure {
 
 /// Run the matrix.
 pub fn run(size: MatrixArg, args: &Args) -> CmdResult {
-    let p = params(size, args);
+    let (base, child_timeout) = base(size, args);
     let all = groups(size);
     let (groups, skipped): (Vec<Group>, Vec<Group>) =
-        all.into_iter().partition(|g| g.inject.is_none() || super::INJECT);
+        all.into_iter().partition(|g| g.disturbance.inject_point.is_none() || INJECT);
     let mut err = io::stderr();
     if !skipped.is_empty() {
         writeln!(
@@ -174,24 +142,8 @@ pub fn run(size: MatrixArg, args: &Args) -> CmdResult {
     for g in &groups {
         for index in [IndexArg::Cpu, IndexArg::MmCid] {
             for degraded in [false, true] {
-                configs.push((
-                    g.name.clone(),
-                    Config {
-                        test: None,
-                        threads: p.threads,
-                        reps: p.reps,
-                        index,
-                        inject: g.inject,
-                        every: g.every,
-                        yield_now: g.yield_now,
-                        signal: g.signal,
-                        sleep_ms: g.sleep_ms,
-                        affinity_churn: g.affinity_churn,
-                        time_limit: Some(p.time_limit),
-                        degraded,
-                        sabotage: args.sabotage,
-                    },
-                ));
+                let cfg = Config { index, degraded, disturbance: g.disturbance.clone(), ..base.clone() };
+                configs.push((g.name.clone(), cfg));
             }
         }
     }
@@ -199,38 +151,27 @@ pub fn run(size: MatrixArg, args: &Args) -> CmdResult {
         MatrixArg::Quick => "quick",
         MatrixArg::Full => "full",
     };
-    let checks_planned = configs.len() * cases::ALL.len();
-    let tty = io::stderr().is_terminal();
+    let checks_planned = configs.len() * Test::all().len();
     writeln!(
         err,
         "stress --matrix {size_name}: {} option groups x {} tests x 2 index modes x 2 modes = {} configurations, \
          {checks_planned} checks ({} threads, {} reps, time limit {} s per test)",
         groups.len(),
-        cases::ALL.len(),
+        Test::all().len(),
         configs.len(),
-        p.threads,
-        p.reps,
-        p.time_limit
+        base.threads,
+        base.reps,
+        base.time_limit.unwrap_or_default()
     )?;
-    let bar = if tty {
-        let b = ProgressBar::new(configs.len() as u64);
-        b.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} eta {eta} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = crate::progress::bar(configs.len());
     let start = Instant::now();
     let mut rows: Vec<(String, Tally)> = groups.iter().map(|g| (g.name.clone(), Tally::default())).collect();
     let mut failures = Vec::new();
     for (n, (group, cfg)) in configs.iter().enumerate() {
         let label = format!("{group} | {} | {}", cfg.index.name(), if cfg.degraded { "degraded" } else { "fast" });
         bar.set_message(label.clone());
-        let (tally, fails) = run_child(cfg, &p);
-        if !tty {
+        let (tally, fails) = run_child(cfg, child_timeout);
+        if bar.is_hidden() {
             let status = if fails.is_empty() { "ok" } else { "FAIL" };
             writeln!(
                 err,
@@ -330,13 +271,19 @@ fn print_table(out: &mut impl Write, rows: &[(String, Tally)], total: &Tally) ->
 }
 
 /// Run one configuration as a child process and read its JSON report.
-fn run_child(cfg: &Config, p: &Params) -> (Tally, Vec<Failure>) {
-    let mut tally = Tally { configurations: 1, checks: cases::ALL.len() as u64, ..Tally::default() };
+fn run_child(cfg: &Config, timeout: Duration) -> (Tally, Vec<Failure>) {
+    let mut tally = Tally { configurations: 1, checks: Test::all().len() as u64, ..Tally::default() };
     let whole = |reasons: Vec<String>| Failure { command: cfg.command(None), cargo: cfg.cargo_command(None), reasons };
     let started = Instant::now();
-    let out = match spawn_and_wait(cfg, p.child_timeout) {
+    let args = cfg.args(None).into_iter().chain(["--json".to_string()]);
+    let child = Reexec::new(args).degraded(cfg.degraded).timeout(timeout).run();
+    let out = match child {
         Ok(o) => o,
-        Err(e) => return (tally, vec![whole(vec![e])]),
+        Err(reexec::Error::TimedOut(t)) => {
+            let why = format!("timed out after {} s (a hang: lost wake-up, livelock?)", t.as_secs());
+            return (tally, vec![whole(vec![why])]);
+        }
+        Err(e) => return (tally, vec![whole(vec![e.to_string()])]),
     };
     tally.seconds = started.elapsed().as_secs_f64();
     let report: Option<Value> = String::from_utf8_lossy(&out.stdout)
@@ -355,7 +302,7 @@ fn run_child(cfg: &Config, p: &Params) -> (Tally, Vec<Failure>) {
         tally.aborts += t["aborts"].as_u64().unwrap_or(0);
         tally.slow_path_uses += t["slow_path_uses"].as_u64().unwrap_or(0);
         let name = t["test"].as_str().unwrap_or("?");
-        let test = cases::ALL.iter().copied().find(|x| x.name() == name);
+        let test = Test::all().iter().copied().find(|x| x.name() == name);
         if t["ok"].as_bool() == Some(true) {
             tally.passed += 1;
         } else {
@@ -366,8 +313,8 @@ fn run_child(cfg: &Config, p: &Params) -> (Tally, Vec<Failure>) {
             failures.push(Failure { command: cfg.command(test), cargo: cfg.cargo_command(test), reasons });
         }
     }
-    if tests.len() != cases::ALL.len() {
-        failures.push(whole(vec![format!("the child reported {} tests, not {}", tests.len(), cases::ALL.len())]));
+    if tests.len() != Test::all().len() {
+        failures.push(whole(vec![format!("the child reported {} tests, not {}", tests.len(), Test::all().len())]));
     } else if !out.status.success() && failures.is_empty() {
         let mut reasons = vec![format!("the child ended with {} although every test passed", out.status)];
         reasons.extend(tail(&out.stderr));
@@ -383,62 +330,15 @@ fn tail(stderr: &[u8]) -> Vec<String> {
     lines[lines.len().saturating_sub(8)..].iter().map(|l| format!("stderr: {l}")).collect()
 }
 
-struct ChildOutput {
-    status: std::process::ExitStatus,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-fn spawn_and_wait(cfg: &Config, timeout: Duration) -> Result<ChildOutput, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
-    let mut cmd = Command::new(exe);
-    cmd.args(cfg.args(None)).arg("--json").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    if cfg.degraded {
-        cmd.env(FORCE_DEGRADED, "1");
-    } else {
-        cmd.env_remove(FORCE_DEGRADED);
-    }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start the child: {e}"))?;
-    let reader = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = reader(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let errs = reader(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Ok(s),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break Err(format!("timed out after {} s (a hang: lost wake-up, livelock?)", timeout.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => break Err(format!("waiting for the child failed: {e}")),
-        }
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = errs.join().unwrap_or_default();
-    let status = status?;
-    Ok(ChildOutput { status, stdout, stderr })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stress::Test;
 
     #[test]
     fn full_matrix_has_more_checks_than_the_c_reference() {
-        let checks = groups(MatrixArg::Full).len() * cases::ALL.len() * 2 * 2;
+        let checks = groups(MatrixArg::Full).len() * Test::all().len() * 2 * 2;
         assert!(checks > 1184, "{checks}");
-        let quick = groups(MatrixArg::Quick).len() * cases::ALL.len() * 2 * 2;
+        let quick = groups(MatrixArg::Quick).len() * Test::all().len() * 2 * 2;
         assert!(quick < checks);
     }
 
@@ -450,14 +350,15 @@ mod tests {
             names.sort_unstable();
             names.dedup();
             assert_eq!(names.len(), g.len());
+            let d: Vec<&Disturbance> = g.iter().map(|g| &g.disturbance).collect();
             for k in 1..=8 {
-                assert!(g.iter().any(|g| g.inject.is_some_and(|(p, _)| p == k)), "point {k}");
+                assert!(d.iter().any(|d| d.injection().is_some_and(|(p, _)| p == k)), "point {k}");
             }
             assert!(
-                g.iter().any(|g| g.yield_now) && g.iter().any(|g| g.signal) && g.iter().any(|g| g.sleep_ms.is_some())
+                d.iter().any(|d| d.yield_now) && d.iter().any(|d| d.signal) && d.iter().any(|d| d.sleep_ms.is_some())
             );
-            assert!(g.iter().any(|g| g.affinity_churn));
-            assert!(g.iter().any(|g| g.inject.is_some() && g.signal));
+            assert!(d.iter().any(|d| d.affinity_churn));
+            assert!(d.iter().any(|d| d.injection().is_some() && d.signal));
         }
     }
 
@@ -468,12 +369,7 @@ mod tests {
             threads: 3,
             reps: 10,
             index: IndexArg::MmCid,
-            inject: Some((5, 100)),
-            every: 7,
-            yield_now: true,
-            signal: true,
-            sleep_ms: Some(0),
-            affinity_churn: true,
+            disturbance: Disturbance::none().inject(5, 100).every(7).yields().signals().sleeps(0).churns(),
             time_limit: Some(0.5),
             degraded: true,
             sabotage: false,
@@ -490,10 +386,13 @@ mod tests {
         let argv = std::iter::once("restartable".to_string()).chain(cfg.args(Some(Test::Memcpy)));
         let cli = crate::Cli::try_parse_from(argv).expect("the reproduce line parses");
         let Some(crate::Command::Stress(a)) = cli.command else { panic!("not a stress command") };
-        assert_eq!(a.test, super::super::TestArg::Memcpy);
+        assert_eq!(a.test, Some(Test::Memcpy));
         assert_eq!((a.threads, a.reps, a.index), (Some(3), 10, IndexArg::MmCid));
-        assert_eq!((a.inject_point, a.inject_loops, a.every), (Some(5), Some(100), Some(7)));
-        assert!(a.yield_now && a.signal && a.affinity_churn && a.force_degraded && !a.sabotage);
-        assert_eq!((a.sleep_ms, a.time_limit), (Some(0), Some(0.5)));
+        let d = &a.disturbance;
+        assert_eq!((d.inject_point, d.inject_loops, d.every), (Some(5), Some(100), Some(7)));
+        assert!(d.yield_now && d.signal && d.affinity_churn && a.force_degraded && !a.sabotage);
+        assert_eq!((d.sleep_ms, a.time_limit), (Some(0), Some(0.5)));
+        // The whole configuration comes back.
+        assert_eq!(Config::from_args(&a, a.force_degraded), Config { test: Some(Test::Memcpy), ..cfg });
     }
 }

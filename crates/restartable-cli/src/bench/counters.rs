@@ -1,20 +1,31 @@
-//! The implementations `restartable bench` compares, and the harness that times one of them.
-//!
-//! Every implementation counts with `threads` threads for about `duration` and returns a
-//! [`Sample`]; it checks that its own final count equals the operations the threads performed
-//! (the harness counts those separately), so a lost update is an error, not a fast number.
+//! The counters suite, the bench's default: `restartable::Counter` against the raw rseq op,
+//! atomics, thread-locals and a mutex, each counting with `threads` threads and checking its
+//! own total; and, while threads add to a `Counter`, the latency of remote `take()` and
+//! `take_cpu(c)` calls.
 
 use std::cell::Cell;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Barrier, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use restartable::Counter;
 use restartable::ops::{self, Cpu, Outcome};
 
-/// Operations a thread runs between two looks at the stop flag.
-const BATCH: u64 = 256;
+use super::report::{Latency, Library, RemoteTake, Sample, Table};
+use super::rounds::Schedule;
+use super::suite::{Implementation, Padded, check, run_threads, spin};
+
+/// Measure the counters as `schedule` says, then the remote take latency at its largest thread
+/// count.
+pub fn table(schedule: &Schedule) -> Result<Table, String> {
+    let mut table = schedule.run::<Impl>()?;
+    if let Some(&threads) = schedule.threads.iter().max() {
+        table.remote_take = Some(measure_remote_take(threads, schedule.duration)?);
+        table.library = Library::now();
+    }
+    Ok(table)
+}
 
 /// One implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,9 +60,15 @@ impl Impl {
         Impl::Mutex,
         Impl::CounterDegraded,
     ];
+}
+
+impl Implementation for Impl {
+    fn all() -> &'static [Impl] {
+        &Impl::ALL
+    }
 
     /// The stable key used in JSON and by `--internal-only`.
-    pub fn key(self) -> &'static str {
+    fn key(self) -> &'static str {
         match self {
             Impl::Counter => "counter",
             Impl::RawRseq => "raw-rseq",
@@ -65,7 +82,7 @@ impl Impl {
     }
 
     /// The row label.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Impl::Counter => "Counter::add",
             Impl::RawRseq => "raw load_add_store<Cpu>",
@@ -79,13 +96,13 @@ impl Impl {
     }
 
     /// True when this implementation is measured in a child process.
-    pub fn in_child(self) -> bool {
+    fn in_degraded_child(self) -> bool {
         self == Impl::CounterDegraded
     }
 
     /// Measure in this process. For [`Impl::CounterDegraded`] the process must be in degraded
     /// mode (the child that `restartable bench` starts with `RESTARTABLE_FORCE_DEGRADED=1`).
-    pub fn measure(self, threads: usize, duration: Duration) -> Result<Sample, String> {
+    fn measure(self, threads: usize, duration: Duration) -> Result<Sample, String> {
         match self {
             Impl::Counter => counter(threads, duration),
             Impl::CounterDegraded => {
@@ -108,86 +125,6 @@ impl Impl {
         .map_err(|e| format!("{}: {e}", self.name()))
     }
 }
-
-/// One timed run: `threads` threads performed `ops` operations in `elapsed_ns`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample {
-    /// Threads that ran the operation.
-    pub threads: usize,
-    /// Wall time from the common start to the last thread's end.
-    pub elapsed_ns: u64,
-    /// Operations performed, all threads together.
-    pub ops: u64,
-}
-
-impl Sample {
-    /// Nanoseconds per operation, per thread: `elapsed_ns * threads / ops`.
-    pub fn ns_per_op(&self) -> f64 {
-        self.elapsed_ns as f64 * self.threads as f64 / self.ops.max(1) as f64
-    }
-
-    /// Millions of operations per second, all threads together.
-    pub fn mops(&self) -> f64 {
-        self.ops as f64 * 1e3 / self.elapsed_ns.max(1) as f64
-    }
-}
-
-/// Run `body` on `threads` threads started together; stop them after `duration`. `body` gets
-/// the stop flag and returns how many operations it performed. Returns the wall time from the
-/// start to the last thread's end, and the total operations.
-pub fn run_threads(threads: usize, duration: Duration, body: impl Fn(&AtomicBool) -> u64 + Sync) -> Sample {
-    let stop = AtomicBool::new(false);
-    let start = Barrier::new(threads + 1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    start.wait();
-                    body(&stop)
-                })
-            })
-            .collect();
-        start.wait();
-        let t0 = Instant::now();
-        std::thread::sleep(duration);
-        stop.store(true, Relaxed);
-        // A panicking body would be a bug in this module; count its thread as zero operations
-        // and let the count check report the difference.
-        let ops = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
-        Sample { threads, elapsed_ns: u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX), ops }
-    })
-}
-
-/// Run `op` in batches until `stop` is set; at least one batch, so every thread counts.
-#[inline(always)]
-pub fn spin(stop: &AtomicBool, mut op: impl FnMut()) -> u64 {
-    let mut n = 0;
-    loop {
-        for _ in 0..BATCH {
-            op();
-        }
-        n += BATCH;
-        if stop.load(Relaxed) {
-            return n;
-        }
-    }
-}
-
-/// The count check every implementation ends with.
-fn check(what: &str, counted: u64, sample: Sample) -> Result<Sample, String> {
-    if counted == sample.ops {
-        Ok(sample)
-    } else {
-        Err(format!(
-            "count mismatch: {what} is {counted} but the threads performed {} operations (lost or extra updates)",
-            sample.ops
-        ))
-    }
-}
-
-/// A value alone on its cache line pair (128 bytes, as `crossbeam_utils::CachePadded` on x86_64).
-#[repr(align(128))]
-pub struct Padded<T>(pub T);
 
 fn counter(threads: usize, duration: Duration) -> Result<Sample, String> {
     let c = Counter::new();
@@ -302,7 +239,7 @@ fn mutex(threads: usize, duration: Duration) -> Result<Sample, String> {
 pub const TAKE_PAUSE: Duration = Duration::from_micros(50);
 
 /// Remote `take()` and `take_cpu(c)` calls timed while adders ran: (nanoseconds, value taken).
-pub struct RemoteTake {
+pub struct Takes {
     /// The adders' run.
     pub adders: Sample,
     /// One entry per `take()` call.
@@ -315,7 +252,7 @@ pub struct RemoteTake {
 /// `take_cpu(c)`, pausing [`TAKE_PAUSE`] after each call, and times each call, until the first
 /// adder stops. Checks that every add was
 /// taken exactly once.
-pub fn remote_take(threads: usize, duration: Duration) -> Result<RemoteTake, String> {
+pub fn remote_take(threads: usize, duration: Duration) -> Result<Takes, String> {
     let c = Counter::new();
     let limit = restartable::guard::limit();
     let (started, finished) = (AtomicBool::new(false), AtomicBool::new(false));
@@ -369,7 +306,19 @@ pub fn remote_take(threads: usize, duration: Duration) -> Result<RemoteTake, Str
     let rest = c.try_take().map_err(|e| format!("Counter::take: {e}"))?;
     let taken = take.iter().chain(&take_cpu).fold(rest, |acc, &(_, v)| acc.wrapping_add(v));
     check("the total of every take()", taken, adders).map_err(|e| format!("remote take: {e}"))?;
-    Ok(RemoteTake { adders, take, take_cpu })
+    Ok(Takes { adders, take, take_cpu })
+}
+
+/// [`remote_take`], summed up for the report.
+fn measure_remote_take(threads: usize, duration: Duration) -> Result<RemoteTake, String> {
+    let r = remote_take(threads, duration)?;
+    Ok(RemoteTake {
+        threads,
+        adds: r.adders.ops,
+        pause: TAKE_PAUSE,
+        take: Latency::of(&r.take),
+        take_cpu: Latency::of(&r.take_cpu),
+    })
 }
 
 /// Busy-wait for `d`.
@@ -387,10 +336,11 @@ fn elapsed_ns(t: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::suite::BATCH;
 
     #[test]
     fn every_in_process_impl_counts_exactly() {
-        for i in Impl::ALL.into_iter().filter(|i| !i.in_child()) {
+        for i in Impl::ALL.into_iter().filter(|i| !i.in_degraded_child()) {
             for threads in [1, 3] {
                 let s = i.measure(threads, Duration::from_millis(5)).unwrap();
                 assert_eq!(s.threads, threads);
@@ -412,24 +362,6 @@ mod tests {
     fn remote_take_conserves() {
         let r = remote_take(2, Duration::from_millis(20)).unwrap();
         assert!(!r.take.is_empty() && r.take.len() == r.take_cpu.len());
-    }
-
-    #[test]
-    fn a_lost_update_is_an_error() {
-        let s = Sample { threads: 1, elapsed_ns: 10, ops: 5 };
-        assert_eq!(check("x", 5, s), Ok(s));
-        let e = check("the shared word", 4, s).unwrap_err();
-        assert!(
-            e.contains("count mismatch") && e.contains("the shared word is 4") && e.contains("5 operations"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn sample_math() {
-        let s = Sample { threads: 2, elapsed_ns: 1_000, ops: 500 };
-        assert_eq!(s.ns_per_op(), 4.0);
-        assert_eq!(s.mops(), 500.0);
     }
 
     #[test]
