@@ -412,22 +412,27 @@ fn the_matrix_names_the_failing_configuration() {
 //     9:  sub reg64, 1     ; REX.W(+B) 83 /5 ib  -> 48|49 83 e8..ef 01
 //         jnc 9b           ; 73 fa (a short jump 6 bytes back, onto the sub)
 //
-// This pattern is exact (the normal memcpy loop is `dec; jnz`, nothing else jumps backwards
-// onto a `sub 1`), and independent of register allocation and op layout. Whether the library
+// This pattern is exact (the normal memcpy loop steps by 8 with `sub 8; cmp; jae` and then by 1
+// with `dec; jmp`, nothing else jumps backwards onto a `sub 1`), and independent of register
+// allocation and op layout. Whether the library
 // was built with `inject` is read from the binary too (its `inject::LOOPS` symbol; the CLI's
 // own feature implies it): the test suite runs both as shipped and with
 // `--features restartable/inject`, which turns the library's feature on without the CLI's.
 //
-// - normal build: no section contains the loop, and every section is at most NORMAL_MAX bytes;
+// - normal build: no section contains the loop (and every section is short: at most NORMAL_MAX
+//   bytes, a sanity bound);
 // - inject build: every section contains at least 3 loops (points 1, 2 and 3 are in every
-//   op; 6 is in the abort handler, outside the range) and is longer than NORMAL_MAX, which
-//   shows that the bound tells the builds apart.
+//   op; 6 is in the abort handler, outside the range).
+//
+// (An earlier version also required every inject section to be longer than every normal one.
+// Since the memcpy section copies eight bytes at a time, normal sections are 14 to 85 bytes and
+// inject ones 59 to 127 here (rustc 1.95), so lengths no longer tell the builds apart; the loop
+// count, which is exact, does.)
 // ---------------------------------------------------------------------------------------------
 
-/// Between the builds: here (rustc 1.95) normal sections are 19 to 51 bytes long (the longest
-/// is `load_cbne_memcpy_store`), inject sections 65 to 91 (each point adds a 14-byte loop:
-/// `mov` of the count, `sub`, `jnc`).
-const NORMAL_MAX: u64 = 58;
+/// The longest a normal section may be: here the longest is the memcpy op (85 bytes with its
+/// word loop and byte tail).
+const NORMAL_MAX: u64 = 96;
 
 struct Section {
     start: u64,
@@ -508,7 +513,6 @@ fn normal_builds_have_no_delay_injection_in_critical_sections() {
                 s.len,
                 s.loops
             );
-            assert!(s.len > NORMAL_MAX, "inject build: section at {:#x} is only {} bytes", s.start, s.len);
         } else {
             assert_eq!(s.loops, 0, "normal build: section at {:#x} ({} bytes) has delay loops", s.start, s.len);
             assert!(
