@@ -70,6 +70,8 @@ const _: () = {
     assert!(OFFSET_MM_CID == 24);
 };
 
+/// Offset of `cpu_id_start`: always a possible CPU number, even before registration (0).
+pub const OFFSET_CPU_ID_START: usize = offset_of!(Rseq, cpu_id_start);
 /// Offset of `cpu_id` (used by the assembly).
 pub const OFFSET_CPU_ID: usize = offset_of!(Rseq, cpu_id);
 /// Offset of `rseq_cs` (used by the assembly).

@@ -24,6 +24,7 @@ pub trait Index: sealed::Sealed + arch::Field + Send + Sync + 'static {
     /// The index mode's slot in the process config.
     #[doc(hidden)]
     const MODE: usize;
+
     /// The calling thread's current index, or `None` when this mode is unavailable.
     fn current() -> Option<usize>;
 }
@@ -41,9 +42,11 @@ impl sealed::Sealed for MmCid {}
 
 impl arch::Field for Cpu {
     const FIELD: usize = abi::OFFSET_CPU_ID;
+    const CURSOR: usize = abi::OFFSET_CPU_ID_START;
 }
 impl arch::Field for MmCid {
     const FIELD: usize = abi::OFFSET_MM_CID;
+    const CURSOR: usize = abi::OFFSET_MM_CID;
 }
 
 impl Index for Cpu {
@@ -66,40 +69,33 @@ impl Index for MmCid {
     }
 }
 
-/// The calling thread's area and current index in mode `I`, when a fast path may run now.
+/// The calling thread's area and current index in mode `I`, for one critical section.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Cursor {
-    /// The calling thread's rseq area, as its offset from the thread pointer.
+    /// The calling thread's rseq area (or the decoy), as its offset from the thread pointer.
     pub area: isize,
-    /// The index read from it (below the number of indices).
+    /// The index read from it: always below [`thread::limit`] (see [`cursor`]).
     pub index: usize,
 }
 
-/// Read the cursor: `None` before the fast mode is published, in degraded mode, on a thread
-/// without a usable area, or (in theory) for an index past the number of indices.
+/// Read the cursor: the published area offset and the index in it. No check is needed for the
+/// hot path: the index is always a valid one (below [`thread::limit`], the number of per-CPU
+/// ranges), because the kernel keeps `cpu_id_start` and `mm_cid` below its `nr_cpu_ids`, which is
+/// the number of possible CPUs, and they read 0 in an area it does not update; whether the thread
+/// really runs there is the critical section's `cpu_id` compare. `None` only in `MmCid` mode on a
+/// thread whose area the kernel does not update (an `mm_cid` there may be stale).
 #[inline(always)]
 pub(crate) fn cursor<I: Index>() -> Option<Cursor> {
     if !arch::HAS_RSEQ {
         return None;
     }
-    let cfg = thread::CFG[I::MODE].load(Relaxed);
-    let area = (cfg as i64 >> 32) as isize;
-    // SAFETY: once the config is published, `area` is the offset of the calling thread's area
-    // (glibc's, or our static-TLS one, registered or still reading -1). Before that the offset is
-    // 0: the thread control block, whose first 32 bytes are always readable; the value is then
-    // compared against 0 indices and discarded.
-    let index = unsafe { arch::read_tp_u32(area + I::FIELD as isize) };
-    if I::MM_CID {
-        // `mm_cid` alone does not say whether the kernel updates this area (an unregistered
-        // area, or one whose registration failed, may hold any stale value there); `cpu_id` does:
-        // it reads -1 or -2 until the kernel writes it.
-        // SAFETY: as above.
-        let cpu = unsafe { arch::read_tp_u32(area + abi::OFFSET_CPU_ID as isize) };
-        if cpu >= cfg as u32 {
-            return None;
-        }
+    let area = thread::OFFSET[I::MODE].load(Relaxed);
+    // SAFETY: `OFFSET` always names a live area of the calling thread (the decoy, glibc's or ours).
+    let index = unsafe { arch::read_tp_cursor::<I>(area) };
+    if I::MM_CID && !thread::area_registered(area) {
+        return None;
     }
-    (index < cfg as u32).then_some(Cursor { area, index: index as usize })
+    Some(Cursor { area, index: index as usize })
 }
 
 /// The CPU the calling thread runs on (it may move at any moment after this returns).
@@ -113,19 +109,28 @@ pub(crate) fn cursor<I: Index>() -> Option<Cursor> {
 /// ```
 #[inline]
 pub fn current_cpu() -> usize {
-    match cursor::<Cpu>() {
-        Some(c) => c.index,
+    match registered_cpu() {
+        Some(cpu) => cpu,
         None => current_cpu_cold(),
     }
+}
+
+/// `cpu_id` of the published area, when the kernel updates it.
+#[inline(always)]
+fn registered_cpu() -> Option<usize> {
+    if !arch::HAS_RSEQ {
+        return None;
+    }
+    let area = thread::OFFSET[0].load(Relaxed);
+    // SAFETY: `OFFSET` always names a live area of the calling thread.
+    let cpu = unsafe { arch::read_tp_u32::<{ abi::OFFSET_CPU_ID }>(area) };
+    ((cpu as i32) >= 0).then_some(cpu as usize)
 }
 
 #[cold]
 fn current_cpu_cold() -> usize {
     let _ = thread::ready();
-    match cursor::<Cpu>() {
-        Some(c) => c.index,
-        None => thread::cpu_now(),
-    }
+    registered_cpu().unwrap_or_else(thread::cpu_now)
 }
 
 /// The calling thread's memory-map concurrency id: a small number, below both the thread count
@@ -140,6 +145,8 @@ fn current_cpu_cold() -> usize {
 #[inline]
 pub fn current_mm_cid() -> Option<usize> {
     match cursor::<MmCid>() {
+        // The published area is the decoy (cpu_id -1, so `cursor` says `None`) until mm_cid
+        // indexing is in use: a registered area here is a real one.
         Some(c) => Some(c.index),
         None => area_field(abi::OFFSET_MM_CID),
     }

@@ -45,7 +45,6 @@ use core::sync::atomic::{AtomicU8, AtomicUsize};
 
 pub use crate::arch::Outcome;
 use crate::arch::{self, At};
-use crate::cpu;
 pub use crate::cpu::{Cpu, Index, MmCid};
 use crate::{guard, thread};
 
@@ -74,35 +73,69 @@ impl Order for Release {
     const RELEASE: bool = true;
 }
 
-/// Where a raw op on `index` runs: the calling thread's area and the process-wide guard word of
-/// `index`; `None` (the op ends `Stopped`) when no fast path can run or `index` is past
-/// [`guard::MAX_CPUS`].
+/// Where a raw op on `index` runs: the published area (see [`cpu`](crate::current_cpu)) and the
+/// process-wide guard word of `index` (masked into the array: an index past
+/// [`guard::MAX_CPUS`](crate::guard::MAX_CPUS) runs on no CPU, and [`settle`] reports it).
 #[inline(always)]
-fn at<I: Index>(index: usize) -> Option<At> {
-    let c = match cpu::cursor::<I>() {
-        Some(c) => c,
-        None => ready::<I>()?,
-    };
-    Some(At { area: c.area, index: index as u32, guard: guard::global(index)?.word() })
+fn at<I: Index>(index: usize) -> At {
+    let area = thread::OFFSET[I::MODE].load(core::sync::atomic::Ordering::Relaxed);
+    At { area, index: index as u32, guard: guard::global_masked(index).word() }
 }
 
-/// First use on this thread: decide the mode, register the area.
+/// The calling thread's index for the next op in mode `I`, as cheaply as it can be read: for
+/// [`Cpu`], the area's `cpu_id_start` (always a possible CPU number, also before registration,
+/// so it can index a [`possible_cpus`](crate::possible_cpus)-long array unchecked); for
+/// [`MmCid`], its `mm_cid` (always below the same bound). It is **not** checked: the op re-checks
+/// it inside its section, and ends [`Outcome::Stopped`] when no fast path can run (degraded mode,
+/// an unregistered thread). Use [`current_cpu`](crate::current_cpu) for the CPU itself.
+///
+/// ```
+/// use restartable::ops::{self, Cpu};
+/// assert!(ops::current_index::<Cpu>() < restartable::possible_cpus());
+/// ```
+#[inline(always)]
+pub fn current_index<I: Index>() -> usize {
+    if !crate::arch::HAS_RSEQ {
+        return crate::current_cpu() % crate::possible_cpus();
+    }
+    let area = thread::OFFSET[I::MODE].load(core::sync::atomic::Ordering::Relaxed);
+    // SAFETY: `OFFSET` always names a live area of the calling thread.
+    unsafe { crate::arch::read_tp_cursor::<I>(area) as usize }
+}
+
+/// An aborted raw op: `Stopped` when it can never commit here (the process runs no fast path, the
+/// thread's area is not registered even after registering it now, or `index` is past
+/// `MAX_CPUS`), else `Aborted` (retry).
 #[cold]
-fn ready<I: Index>() -> Option<cpu::Cursor> {
-    let _ = thread::ready();
-    cpu::cursor::<I>()
+fn settle<I: Index>(index: usize) -> Outcome {
+    if index >= crate::guard::MAX_CPUS {
+        return Outcome::Stopped;
+    }
+    let area = || thread::OFFSET[I::MODE].load(core::sync::atomic::Ordering::Relaxed);
+    if !thread::area_registered(area()) {
+        let _ = thread::ready();
+        if !thread::area_registered(area()) {
+            return Outcome::Stopped;
+        }
+    }
+    Outcome::Aborted
 }
 
-macro_rules! at_or_stop {
-    ($index:expr) => {
-        at_or_stop!(I, $index)
-    };
-    ($mode:ty, $index:expr) => {
-        match at::<$mode>($index) {
-            Some(at) => at,
-            None => return Outcome::Stopped,
+/// Run a raw op's section and settle an abort. In `MmCid` mode an area the kernel does not update
+/// may hold any `mm_cid` (the decoy's reads 0), and a section checks only that field, so such an
+/// area never gets to run one.
+macro_rules! raw {
+    ($mode:ty, $index:expr, |$at:ident| $section:expr) => {{
+        let $at = at::<$mode>($index);
+        if <$mode as Index>::MM_CID && !thread::area_registered($at.area) {
+            settle::<$mode>($index)
+        } else {
+            match $section {
+                Outcome::Aborted => settle::<$mode>($index),
+                o => o,
+            }
         }
-    };
+    }};
 }
 
 /// `if *v != expect { CompareFailed }; *v = new` — a per-CPU compare-and-store (spin locks,
@@ -112,9 +145,10 @@ macro_rules! at_or_stop {
 /// The [common contract](self#common-safety-contract).
 #[inline(always)]
 pub unsafe fn load_cbne_store<I: Index>(v: *const AtomicUsize, expect: usize, new: usize, index: usize) -> Outcome {
-    let at = at_or_stop!(index);
-    // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
-    unsafe { arch::cbne_store::<I>(at, (*v).as_ptr(), expect, new) }
+    raw!(I, index, |at| {
+        // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
+        unsafe { arch::cbne_store::<I>(at, (*v).as_ptr(), expect, new) }
+    })
 }
 
 /// `*v += count` (wrapping) — per-CPU counters. The commit is one memory-destination `add`.
@@ -123,9 +157,10 @@ pub unsafe fn load_cbne_store<I: Index>(v: *const AtomicUsize, expect: usize, ne
 /// The [common contract](self#common-safety-contract).
 #[inline(always)]
 pub unsafe fn load_add_store<I: Index>(v: *const AtomicUsize, count: usize, index: usize) -> Outcome {
-    let at = at_or_stop!(index);
-    // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
-    unsafe { arch::add::<I>(at, (*v).as_ptr(), count) }
+    raw!(I, index, |at| {
+        // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
+        unsafe { arch::add::<I>(at, (*v).as_ptr(), count) }
+    })
 }
 
 /// `r = *v; if r == expectnot { CompareFailed }; *out = r; *v = *(r + off)` — list pop: `v` is
@@ -143,9 +178,10 @@ pub unsafe fn load_cbeq_store_add_load_store<I: Index>(
     out: *mut usize,
     index: usize,
 ) -> Outcome {
-    let at = at_or_stop!(index);
-    // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
-    unsafe { arch::cbeq_pop::<I>(at, (*v).as_ptr(), expectnot, off, out) }
+    raw!(I, index, |at| {
+        // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
+        unsafe { arch::cbeq_pop::<I>(at, (*v).as_ptr(), expectnot, off, out) }
+    })
 }
 
 /// `r = *(*p + off); *r += count` — a counter reached through a pointer (for example a per-CPU
@@ -161,9 +197,10 @@ pub unsafe fn load_add_load_load_add_store<I: Index>(
     count: usize,
     index: usize,
 ) -> Outcome {
-    let at = at_or_stop!(index);
-    // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
-    unsafe { arch::add_indirect::<I>(at, (*p).as_ptr(), off, count) }
+    raw!(I, index, |at| {
+        // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
+        unsafe { arch::add_indirect::<I>(at, (*p).as_ptr(), off, count) }
+    })
 }
 
 /// `if *v != expect || *v2 != expect2 { CompareFailed }; *v = new` — a store checked against
@@ -180,9 +217,10 @@ pub unsafe fn load_cbne_load_cbne_store<I: Index>(
     new: usize,
     index: usize,
 ) -> Outcome {
-    let at = at_or_stop!(index);
-    // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
-    unsafe { arch::cbne_cbne_store::<I>(at, (*v).as_ptr(), expect, (*v2).as_ptr(), expect2, new) }
+    raw!(I, index, |at| {
+        // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
+        unsafe { arch::cbne_cbne_store::<I>(at, (*v).as_ptr(), expect, (*v2).as_ptr(), expect2, new) }
+    })
 }
 
 /// `if *v != expect { CompareFailed }; *v2 = new2; *v = new` — buffer push: `v2` is the slot,
@@ -199,10 +237,11 @@ pub unsafe fn load_cbne_store_store<I: Index, O: Order>(
     new: usize,
     index: usize,
 ) -> Outcome {
-    let at = at_or_stop!(index);
-    // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard. (On x86_64
-    // every store is a release store.)
-    unsafe { arch::cbne_store_store::<I>(at, (*v).as_ptr(), expect, (*v2).as_ptr(), new2, new) }
+    raw!(I, index, |at| {
+        // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard. (On x86_64
+        // every store is a release store.)
+        unsafe { arch::cbne_store_store::<I>(at, (*v).as_ptr(), expect, (*v2).as_ptr(), new2, new) }
+    })
 }
 
 /// `if *v != expect { CompareFailed }; copy len bytes src -> dst; *v = new` — memcpy buffer
@@ -221,9 +260,10 @@ pub unsafe fn load_cbne_memcpy_store<I: Index, O: Order>(
     new: usize,
     index: usize,
 ) -> Outcome {
-    let at = at_or_stop!(index);
-    // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
-    unsafe { arch::cbne_memcpy_store::<I>(at, (*v).as_ptr(), expect, (*dst).as_ptr(), src, len, new) }
+    raw!(I, index, |at| {
+        // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
+        unsafe { arch::cbne_memcpy_store::<I>(at, (*v).as_ptr(), expect, (*dst).as_ptr(), src, len, new) }
+    })
 }
 
 /// Benchmark support: `load_add_store::<Cpu>` **without** the guard check, to measure what the
@@ -237,9 +277,10 @@ pub mod bench_only {
     /// As [`load_add_store`], and nothing may ever use the slow path on `v`'s CPU.
     #[inline(always)]
     pub unsafe fn load_add_store_unguarded(v: *const AtomicUsize, count: usize, index: usize) -> Outcome {
-        let at = at_or_stop!(Cpu, index);
-        // SAFETY: the caller's contract; `at` is this thread's area.
-        unsafe { arch::add_unguarded::<Cpu>(at, (*v).as_ptr(), count) }
+        raw!(Cpu, index, |at| {
+            // SAFETY: the caller's contract; `at` is this thread's area.
+            unsafe { arch::add_unguarded::<Cpu>(at, (*v).as_ptr(), count) }
+        })
     }
 }
 

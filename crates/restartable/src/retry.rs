@@ -103,35 +103,52 @@ enum Choice {
     NoWait(usize),
 }
 
-/// The fast path's loop: the cursor, one section, retry on abort. `None` when the slow path
-/// must run, with the number of aborts seen.
+/// One attempt of the fast path: `Ok` when it committed or its compare failed, else `Err` with
+/// the cursor's area when it aborted (`None` when it was stopped or could not run).
 #[inline(always)]
-fn fast_loop<I: Index>(mut fast: impl FnMut(cpu::Cursor) -> Outcome) -> Result<Outcome, u32> {
-    let mut aborts = 0u32;
-    while let Some(c) = cpu::cursor::<I>() {
-        match fast(c) {
-            o @ (Outcome::Committed | Outcome::CompareFailed) => return Ok(o),
-            Outcome::Stopped => break,
-            Outcome::Aborted => {
-                // Counted as they happen (aborts are rare), so a stuck thread can be observed.
-                ABORTS.fetch_add(1, Relaxed);
-                aborts += 1;
-                if aborts >= max_aborts() {
-                    break;
-                }
-            }
+fn fast_once<I: Index>(fast: &mut impl FnMut(cpu::Cursor) -> Outcome) -> Result<Outcome, Option<isize>> {
+    let Some(c) = cpu::cursor::<I>() else { return Err(None) };
+    match fast(c) {
+        o @ (Outcome::Committed | Outcome::CompareFailed) => Ok(o),
+        Outcome::Stopped => Err(None),
+        Outcome::Aborted => Err(Some(c.area)),
+    }
+}
+
+/// The fast path after a first attempt that did not finish: retried after each abort, up to
+/// [`max_aborts`] in a row. `Err` with the number of aborts when the slow path must run.
+fn fast_retries<I: Index>(first: Option<isize>, mut fast: impl FnMut(cpu::Cursor) -> Outcome) -> Result<Outcome, u32> {
+    let Some(area) = first else { return Err(0) };
+    let Some(mut aborts) = aborted(area, 0) else { return Err(0) };
+    loop {
+        match fast_once::<I>(&mut fast) {
+            Ok(o) => return Ok(o),
+            Err(None) => return Err(aborts),
+            Err(Some(area)) => match aborted(area, aborts) {
+                Some(n) => aborts = n,
+                None => return Err(aborts),
+            },
         }
     }
-    Err(aborts)
+}
+
+/// After an abort: the new count of aborts in a row, or `None` to stop retrying the fast path:
+/// at once when the area is not one the kernel updates (the decoy before fast mode or in degraded
+/// mode, an unregistered thread: that abort was no preemption), else after [`max_aborts`].
+#[cold]
+fn aborted(area: isize, aborts: u32) -> Option<u32> {
+    if !thread::area_registered(area) {
+        return None;
+    }
+    // Counted as they happen (aborts are rare), so a stuck thread can be observed.
+    ABORTS.fetch_add(1, Relaxed);
+    let n = aborts + 1;
+    (n < max_aborts()).then_some(n)
 }
 
 /// The index a slow path works on: the thread's current one, in range.
 fn current_index<I: Index>() -> usize {
-    let index = match cpu::cursor::<I>() {
-        Some(c) => c.index,
-        None => I::current().unwrap_or_else(thread::cpu_now),
-    };
-    index % thread::limit()
+    I::current().unwrap_or_else(thread::cpu_now) % thread::limit()
 }
 
 #[cold]
@@ -144,7 +161,8 @@ fn choose<I: Index>(aborts: u32, retried: bool, lockfree_degraded: bool) -> Choi
     if guard::held() > 0 {
         return Choice::NoWait(current_index::<I>());
     }
-    if mode.is_fast() && !retried && aborts == 0 && cpu::cursor::<I>().is_some() {
+    if mode.is_fast() && !retried && aborts == 0 && cpu::cursor::<I>().is_some_and(|c| thread::area_registered(c.area))
+    {
         return Choice::Retry;
     }
     let index = current_index::<I>();
@@ -166,9 +184,11 @@ fn choose<I: Index>(aborts: u32, retried: bool, lockfree_degraded: bool) -> Choi
 /// while holding a [`guard::Stop`]) never waits for a guard: it tries every index in turn.
 #[inline]
 pub fn run<I: Index, T>(mut fast: impl FnMut(usize) -> Outcome, slow: impl FnOnce(&CpuStop) -> T) -> Path<T> {
-    match fast_loop::<I>(|c| fast(c.index)) {
-        Ok(o) => Path::Fast(o),
-        Err(aborts) => run_cold::<I, T>(fast, slow, aborts),
+    let Some(c) = cpu::cursor::<I>() else { return run_cold::<I, T>(fast, slow, None) };
+    match fast(c.index) {
+        o @ (Outcome::Committed | Outcome::CompareFailed) => Path::Fast(o),
+        Outcome::Stopped => run_cold::<I, T>(fast, slow, None),
+        Outcome::Aborted => run_cold::<I, T>(fast, slow, Some(c.area)),
     }
 }
 
@@ -177,14 +197,18 @@ pub fn run<I: Index, T>(mut fast: impl FnMut(usize) -> Outcome, slow: impl FnOnc
 fn run_cold<I: Index, T>(
     mut fast: impl FnMut(usize) -> Outcome,
     slow: impl FnOnce(&CpuStop) -> T,
-    mut aborts: u32,
+    first: Option<isize>,
 ) -> Path<T> {
+    let mut aborts = match fast_retries::<I>(first, |c| fast(c.index)) {
+        Ok(o) => return Path::Fast(o),
+        Err(n) => n,
+    };
     let mut retried = false;
     loop {
         let (first, tries) = match choose::<I>(aborts, retried, false) {
             Choice::Retry => {
                 retried = true;
-                match fast_loop::<I>(|c| fast(c.index)) {
+                match attempt::<I>(&mut |c: cpu::Cursor| fast(c.index)) {
                     Ok(o) => return Path::Fast(o),
                     Err(n) => aborts = n,
                 }
@@ -206,10 +230,18 @@ fn run_cold<I: Index, T>(
             }
         }
         std::thread::yield_now();
-        match fast_loop::<I>(|c| fast(c.index)) {
+        match attempt::<I>(&mut |c: cpu::Cursor| fast(c.index)) {
             Ok(o) => return Path::Fast(o),
             Err(n) => aborts = n,
         }
+    }
+}
+
+/// The whole fast path (first attempt and retries), from the cold path.
+fn attempt<I: Index>(fast: &mut impl FnMut(cpu::Cursor) -> Outcome) -> Result<Outcome, u32> {
+    match fast_once::<I>(fast) {
+        Ok(o) => Ok(o),
+        Err(first) => fast_retries::<I>(first, fast),
     }
 }
 
@@ -236,9 +268,11 @@ pub(crate) fn drive<S: Slots, R>(
     slow: impl FnOnce(Slow<'_, S::Value>) -> R,
     lockfree_degraded: bool,
 ) -> Path<R> {
-    match fast_loop::<S::Index>(|c| fast_on(pc, &mut fast, c)) {
-        Ok(o) => Path::Fast(o),
-        Err(aborts) => drive_cold(pc, fast, slow, lockfree_degraded, aborts),
+    let Some(c) = cpu::cursor::<S::Index>() else { return drive_cold(pc, fast, slow, lockfree_degraded, None) };
+    match fast_on(pc, &mut fast, c) {
+        o @ (Outcome::Committed | Outcome::CompareFailed) => Path::Fast(o),
+        Outcome::Stopped => drive_cold(pc, fast, slow, lockfree_degraded, None),
+        Outcome::Aborted => drive_cold(pc, fast, slow, lockfree_degraded, Some(c.area)),
     }
 }
 
@@ -257,8 +291,12 @@ fn drive_cold<S: Slots, R>(
     mut fast: impl FnMut(&S::Value, At) -> Outcome,
     slow: impl FnOnce(Slow<'_, S::Value>) -> R,
     lockfree_degraded: bool,
-    mut aborts: u32,
+    first: Option<isize>,
 ) -> Path<R> {
+    let mut aborts = match fast_retries::<S::Index>(first, |c| fast_on(pc, &mut fast, c)) {
+        Ok(o) => return Path::Fast(o),
+        Err(n) => n,
+    };
     let mut retried = false;
     let r = loop {
         match choose::<S::Index>(aborts, retried, lockfree_degraded) {
@@ -281,7 +319,7 @@ fn drive_cold<S: Slots, R>(
                 }
             }
         }
-        match fast_loop::<S::Index>(|c| fast_on(pc, &mut fast, c)) {
+        match attempt::<S::Index>(&mut |c| fast_on(pc, &mut fast, c)) {
             Ok(o) => return Path::Fast(o),
             Err(n) => aborts = n,
         }

@@ -77,23 +77,30 @@ fn auxval(key: u64) -> Option<usize> {
     (v != 0).then_some(v as usize)
 }
 
-/// The number of possible CPU numbers: one more than the highest CPU that can ever come online,
-/// read from `/sys/devices/system/cpu/possible`, else `sysconf(_SC_NPROCESSORS_CONF)`. Computed
-/// once (without allocating); always at least 1.
+/// The number of possible CPU numbers: one more than the highest CPU that can ever come online
+/// (the kernel's `nr_cpu_ids`), read from `/sys/devices/system/cpu/possible`. Where that file
+/// cannot be read, the size of the kernel's CPU mask (a multiple of 64, never below `nr_cpu_ids`)
+/// stands in for it: every CPU number the kernel gives must be below this count, because the
+/// per-CPU memory is laid out by it. Computed once (without allocating); always at least 1.
 pub fn possible_cpus() -> usize {
     static N: AtomicUsize = AtomicUsize::new(0);
     match N.load(Relaxed) {
         0 => {
-            let n = read_possible().unwrap_or_else(|| {
-                // SAFETY: sysconf has no memory-safety preconditions.
-                let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
-                if n > 0 { n as usize } else { 1 }
-            });
+            let n = read_possible().or_else(cpu_mask_bits).unwrap_or(abi::MAX_CPUS + 1);
             N.store(n, Relaxed);
             n
         }
         n => n,
     }
+}
+
+/// The kernel's CPU mask size in bits: `sched_getaffinity` returns how many bytes it copied,
+/// which is the mask's size, rounded up to whole `long`s.
+fn cpu_mask_bits() -> Option<usize> {
+    let mut mask = [0u64; abi::MAX_CPUS / 64];
+    // SAFETY: the buffer is writable for its length; the raw call only writes that many bytes.
+    let r = unsafe { libc::syscall(libc::SYS_sched_getaffinity, 0, core::mem::size_of_val(&mask), mask.as_mut_ptr()) };
+    usize::try_from(r).ok().filter(|&b| b > 0).map(|b| b * 8)
 }
 
 fn read_possible() -> Option<usize> {
@@ -207,6 +214,8 @@ mod tests {
         assert!(possible_cpus() >= online_cpus().min(possible_cpus()));
         assert!(possible_cpus() >= 1);
         assert_eq!(read_possible(), Some(possible_cpus()));
+        let bits = cpu_mask_bits().expect("sched_getaffinity");
+        assert!(bits >= possible_cpus() && bits.is_multiple_of(64), "{bits}");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicIsize, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::fmt;
 
 use crate::arch::{self, ThreadBlock};
@@ -24,9 +24,36 @@ use crate::{abi, sys};
 /// The environment variable that forces degraded mode when set to `1`.
 pub const FORCE_DEGRADED_ENV: &str = "RESTARTABLE_FORCE_DEGRADED";
 
-/// Per index mode (`Index::MODE`: 0 = CPU, 1 = mm_cid): `(area offset as i32) << 32 | number of
-/// indices`, or 0 when no fast path may run. Read by the hot path with one load.
-pub(crate) static CFG: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Per index mode (`Index::MODE`: 0 = CPU, 1 = mm_cid): the offset of the calling thread's rseq
+/// area from its thread pointer, the same for every thread. Always an area the thread may read
+/// and write: the decoy until fast mode is published (set by [`on_load`] before `main`), then
+/// glibc's or ours. Read by the hot path with one load.
+pub(crate) static OFFSET: [AtomicIsize; 2] = [AtomicIsize::new(0), AtomicIsize::new(0)];
+
+/// The decoy area's offset from the thread pointer (the same in every thread: static TLS).
+fn decoy_offset() -> isize {
+    let block = arch::thread_block();
+    // SAFETY: a field of the calling thread's block.
+    let decoy = unsafe { (&raw const (*block).decoy) } as isize;
+    decoy.wrapping_sub(arch::thread_pointer() as isize)
+}
+
+/// Point every index mode at the decoy (until fast mode is published).
+fn use_decoy() {
+    let d = decoy_offset();
+    for o in &OFFSET {
+        let _ = o.compare_exchange(0, d, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// Whether the area at `offset` is registered and updated by the kernel (`cpu_id` is a CPU
+/// number, not -1 or -2): the decoy, an unregistered area and one whose registration failed are
+/// not.
+#[inline]
+pub(crate) fn area_registered(offset: isize) -> bool {
+    // SAFETY: `OFFSET` values always name a live area of the calling thread.
+    (unsafe { arch::read_tp_u32::<{ abi::OFFSET_CPU_ID }>(offset) } as i32) >= 0
+}
 
 /// The number of index values: [`sys::possible_cpus`] capped at [`abi::MAX_CPUS`].
 pub(crate) fn limit() -> usize {
@@ -231,16 +258,16 @@ fn decide(p: &Process) -> Mode {
     if let Err(errno) = register_fence() {
         return Mode::Degraded(Degraded::NoFence { errno });
     }
-    let Ok(offset) = i32::try_from(p.offset) else {
+    if sys::possible_cpus() > abi::MAX_CPUS {
+        // The kernel could give an index past the per-CPU memory: no fast path.
         return Mode::Degraded(Degraded::NoRseq(Unavailable {
             errno: None,
-            reason: "the rseq area is too far from the thread pointer",
+            reason: "this machine has more possible CPUs than the library supports (8192)",
         }));
-    };
-    let word = (u64::from(offset as u32) << 32) | limit() as u64;
-    CFG[0].store(word, Ordering::Release);
+    }
+    OFFSET[0].store(p.offset, Ordering::Release);
     if p.usable_len >= abi::OFFSET_MM_CID + 4 {
-        CFG[1].store(word, Ordering::Release);
+        OFFSET[1].store(p.offset, Ordering::Release);
     }
     Mode::Fast
 }
@@ -259,6 +286,7 @@ pub(crate) enum Ready {
 /// Decide the mode if needed and register the calling thread if needed.
 #[cold]
 pub(crate) fn ready() -> Ready {
+    use_decoy();
     let Some(p) = process() else { return Ready::Nested };
     let Some(mode) = MODE.get_or_init(|| decide(p)) else { return Ready::Nested };
     let _ = thread_ready(p);
@@ -548,8 +576,11 @@ extern "C" fn after_fork_in_child() {
     }
 }
 
-/// Run when the library is loaded (an ELF constructor: before `main`, or inside `dlopen`).
+/// Run when the library is loaded (an ELF constructor: before `main`, or inside `dlopen`), with a
+/// priority that puts it before every constructor of normal priority in the same object, so that
+/// the hot path's offset names the decoy before any code could use it.
 extern "C" fn on_load() {
+    use_decoy();
     // SAFETY: registers a handler that only touches this library's statics; null handlers are
     // allowed.
     unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
@@ -557,7 +588,7 @@ extern "C" fn on_load() {
 }
 
 #[used]
-#[unsafe(link_section = ".init_array")]
+#[unsafe(link_section = ".init_array.00101")]
 static ON_LOAD: extern "C" fn() = on_load;
 
 /// Keep the object that contains this library mapped for the life of the process, so that

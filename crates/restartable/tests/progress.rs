@@ -119,10 +119,10 @@ fn field(text: &str, key: &str) -> u64 {
 /// can never commit. With the fallback (64 aborts) the add completes through the slow path.
 ///
 /// Without the fallback it would never finish: the second run disables it
-/// (`set_max_aborts(u32::MAX)`) and steps 6,000 instructions; the add never completes and the
-/// abort count keeps growing (one abort per ~33 instructions stepped, the length of one attempt
-/// of the retry loop: a run here saw 90 aborts in 3,000 steps, 181 in 6,000, and no commit).
-/// With the fallback, a run here took 2,288 steps: 64 aborts, then the slow path.
+/// (`set_max_aborts(u32::MAX)`) and steps 12,000 instructions; the add never completes and the
+/// abort count keeps growing (one abort per ~60 instructions stepped, the length of one attempt
+/// of the out-of-line retry loop: a run here saw 97 aborts in 6,000 steps, and no commit).
+/// With the fallback, a run here took 4,379 steps: 64 aborts, then the slow path.
 #[test]
 fn gdb_single_stepping_completes_through_the_slow_path() {
     if !restartable::mode().is_fast() {
@@ -136,11 +136,11 @@ fn gdb_single_stepping_completes_through_the_slow_path() {
     assert!(field(&text, "aborts=") >= u64::from(retry::DEFAULT_MAX_ABORTS), "aborted at every step:\n{text}");
     eprintln!("with fallback: {} steps, {} aborts", field(&text, "STEPS "), field(&text, "aborts="));
 
-    let text = gdb(u32::MAX, 6_000);
+    let text = gdb(u32::MAX, 12_000);
     assert!(text.contains("NOT_DONE"), "without the fallback the add must not complete:\n{text}");
     let aborts = field(&text, "REPORT aborts=");
     assert!(aborts >= 100, "the fast path kept aborting:\n{text}");
-    eprintln!("without fallback: 6000 steps, {aborts} aborts, no commit");
+    eprintln!("without fallback: 12000 steps, {aborts} aborts, no commit");
 }
 
 /// The debuggee under valgrind: no rseq there, so the process runs degraded, and counts stay exact.

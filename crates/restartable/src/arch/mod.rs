@@ -10,7 +10,8 @@
 //! - `HAS_RSEQ`: whether it has critical sections;
 //! - `thread_pointer()`, `thread_block()`: the thread pointer and this thread's library block in
 //!   static TLS (the rseq area we register when glibc did not, and per-thread state);
-//! - `read_tp_u32(offset)`: a `u32` at a thread-pointer-relative offset (the hot path's index);
+//! - `read_tp_u32::<FIELD>(offset)`: a `u32` at a thread-pointer-relative offset (the hot
+//!   path's index);
 //! - `glibc_rseq()`: glibc's `__rseq_offset` / `__rseq_size`, through weak references;
 //! - `has_rdpid()`, `rdpid()`: the current CPU from an instruction, where the CPU has one;
 //! - the critical sections of the op set, each `unsafe fn op<F: Field>(at: At, ...) -> Outcome`
@@ -31,8 +32,12 @@ pub(crate) use portable::*;
 /// Which field of the rseq area holds the index a section checks (`cpu_id` or `mm_cid`); the
 /// index modes implement it. Public only inside a private module (sealed).
 pub trait Field {
-    /// The field's offset in the area.
+    /// The field's offset in the area (the one a section checks).
     const FIELD: usize;
+    /// The field the hot path reads the index from before a section (`cpu_id_start` for CPUs:
+    /// always a possible CPU number, so it can index memory unchecked; the section then checks
+    /// `cpu_id`).
+    const CURSOR: usize;
 }
 
 /// How an op ended.
@@ -72,12 +77,19 @@ pub(crate) struct At {
 /// 32-byte registration, which every kernel accepts.
 pub(crate) const OWN_AREA_LEN: usize = 64;
 
+/// The size of the decoy area inside a [`ThreadBlock`].
+pub(crate) const DECOY_LEN: usize = 32;
+
 /// Per-thread library state, in static TLS (initial-exec model), so it is reachable from any
 /// code (signal handlers, a `dlopen`ed library) without `__tls_get_addr` or an allocation.
 #[repr(C, align(64))]
 pub(crate) struct ThreadBlock {
     /// Our own rseq area (registered only when glibc registers none). `cpu_id` starts at -1.
     pub area: [u8; OWN_AREA_LEN],
+    /// An rseq-shaped area that is never registered: `cpu_id_start` 0 and `cpu_id` -1 forever.
+    /// The hot path addresses it until the process publishes fast mode (and in degraded mode),
+    /// so a critical section always has a valid area to read and write, and always aborts.
+    pub decoy: [u8; DECOY_LEN],
     /// Registration state of this thread (`thread::State`).
     pub state: AtomicU32,
     /// The errno that refused our registration, or 0.
@@ -88,10 +100,11 @@ pub(crate) struct ThreadBlock {
     pub token: AtomicU32,
     /// See `token`.
     pub token_generation: AtomicU32,
-    _reserved: [u32; 11],
+    _reserved: [u32; 19],
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<ThreadBlock>() == 128);
-    assert!(core::mem::offset_of!(ThreadBlock, state) == OWN_AREA_LEN);
+    assert!(core::mem::size_of::<ThreadBlock>() == 192);
+    assert!(core::mem::offset_of!(ThreadBlock, decoy) == OWN_AREA_LEN);
+    assert!(core::mem::offset_of!(ThreadBlock, state) == OWN_AREA_LEN + DECOY_LEN);
 };

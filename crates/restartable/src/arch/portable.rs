@@ -6,7 +6,7 @@
 
 use core::sync::atomic::{AtomicI32, AtomicU32};
 
-use super::{At, Field, OWN_AREA_LEN, Outcome, ThreadBlock};
+use super::{At, DECOY_LEN, Field, OWN_AREA_LEN, Outcome, ThreadBlock};
 
 /// No critical sections here.
 pub(crate) const HAS_RSEQ: bool = false;
@@ -22,7 +22,16 @@ pub(crate) fn thread_pointer() -> *mut u8 {
 /// # Safety
 /// None needed.
 #[inline(always)]
-pub(crate) unsafe fn read_tp_u32(_offset: isize) -> u32 {
+pub(crate) unsafe fn read_tp_u32<const FIELD: usize>(_offset: isize) -> u32 {
+    u32::MAX
+}
+
+/// Never called: without critical sections nothing reads the rseq area.
+///
+/// # Safety
+/// None needed.
+#[inline(always)]
+pub(crate) unsafe fn read_tp_cursor<F: Field>(_offset: isize) -> u32 {
     u32::MAX
 }
 
@@ -30,12 +39,13 @@ std::thread_local! {
     static BLOCK: ThreadBlock = const {
         ThreadBlock {
             area: [0; OWN_AREA_LEN],
+            decoy: [0; DECOY_LEN],
             state: AtomicU32::new(0),
             errno: AtomicI32::new(0),
             held: AtomicU32::new(0),
             token: AtomicU32::new(0),
             token_generation: AtomicU32::new(0),
-            _reserved: [0; 11],
+            _reserved: [0; 19],
         }
     };
 }
@@ -76,6 +86,20 @@ macro_rules! no_sections {
             Outcome::Stopped
         }
     )*};
+}
+
+/// No critical sections here: always `Stopped` (take the slow path).
+///
+/// # Safety
+/// None needed: nothing is accessed.
+#[inline(always)]
+pub(crate) unsafe fn add_strided<F: Field, const VALUE: usize>(
+    _at: At,
+    _base: *mut u8,
+    _offset: usize,
+    _count: usize,
+) -> Outcome {
+    Outcome::Stopped
 }
 
 no_sections! {

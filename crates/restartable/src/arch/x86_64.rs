@@ -34,11 +34,11 @@ macro_rules! block_symbol {
     };
 }
 
-// The thread block (`ThreadBlock`, 128 bytes, 64-byte aligned) in `.tdata`, accessed with the
+// The thread block (`ThreadBlock`, 192 bytes, 64-byte aligned) in `.tdata`, accessed with the
 // initial-exec TLS model (`@GOTTPOFF`): every thread's copy sits at the same offset from its
 // thread pointer, also in a `dlopen`ed library (which then takes static TLS, as the C
-// reference library's `__rseq_abi` does). `cpu_id` starts at -1: a section can never run on an
-// area the kernel does not know.
+// reference library's `__rseq_abi` does). Both areas start with `cpu_id_start` 0 and `cpu_id`
+// -1: a section can never commit on an area the kernel does not update.
 global_asm!(
     concat!(".pushsection .tdata.", block_symbol!(), ", \"awT\", @progbits"),
     ".balign 64",
@@ -47,8 +47,11 @@ global_asm!(
     concat!(".type ", block_symbol!(), ", @object"),
     concat!(block_symbol!(), ":"),
     ".long 0, 0xffffffff",
-    ".zero 120",
-    concat!(".size ", block_symbol!(), ", 128"),
+    ".zero 56",
+    ".long 0, 0xffffffff",
+    ".zero 24",
+    ".zero 96",
+    concat!(".size ", block_symbol!(), ", 192"),
     ".popsection",
 );
 
@@ -66,17 +69,44 @@ pub(crate) fn thread_pointer() -> *mut u8 {
     tp
 }
 
-/// The `u32` at `offset` from the thread pointer, read once (the kernel may change it between
-/// two reads).
+/// The `u32` at `offset + FIELD` from the thread pointer, read once (the kernel may change it
+/// between two reads).
 ///
 /// # Safety
-/// `fs:offset .. fs:offset + 4` is readable memory of the calling thread.
+/// `fs:offset + FIELD .. + 4` is readable memory of the calling thread.
 #[inline(always)]
-pub(crate) unsafe fn read_tp_u32(offset: isize) -> u32 {
+pub(crate) unsafe fn read_tp_u32<const FIELD: usize>(offset: isize) -> u32 {
     let v: u32;
     // SAFETY: the caller's contract.
     unsafe {
-        asm!("mov {v:e}, dword ptr fs:[{o}]", o = in(reg) offset, v = out(reg) v, options(nostack, readonly, preserves_flags));
+        asm!(
+            "mov {v:e}, dword ptr fs:[{o} + {f}]",
+            o = in(reg) offset,
+            f = const FIELD,
+            v = out(reg) v,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    v
+}
+
+/// The index field of mode `F` ([`Field::CURSOR`]) of the area at `offset` from the thread
+/// pointer, read once.
+///
+/// # Safety
+/// As [`read_tp_u32`], for that field.
+#[inline(always)]
+pub(crate) unsafe fn read_tp_cursor<F: Field>(offset: isize) -> u32 {
+    let v: u32;
+    // SAFETY: the caller's contract.
+    unsafe {
+        asm!(
+            "mov {v:e}, dword ptr fs:[{o} + {f}]",
+            o = in(reg) offset,
+            f = const F::CURSOR,
+            v = out(reg) v,
+            options(nostack, readonly, preserves_flags),
+        );
     }
     v
 }
@@ -183,10 +213,17 @@ macro_rules! exit_point {
 /// (only the benchmark-only unguarded op replaces it, with a comment naming the operands).
 macro_rules! section {
     ($field:expr, $at:expr, [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
-        section!(@checked $field, $at, ["cmp dword ptr [{guard}], 0", "jne {stopped}"], [$($body),*], [$($operands)*])
+        section!(@checked $field, $at, ["cmp dword ptr [{guard}], 0", "jne {stopped}"], [$($body),*],
+            [guard = in(reg) $at.guard, $($operands)*] [] [])
     };
     (@checked $field:expr, $at:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
+        section!(@checked $field, $at, [$($check),*], [$($body),*], [guard = in(reg) $at.guard, $($operands)*] [] [])
+    };
+    // (With `[] []` after the operands: the caller declares every operand its check uses.)
+    // `$prologue` runs before the descriptor store (outside the section), with `$more` operands.
+    (@checked $field:expr, $at:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*] [$($prologue:expr),* $(,)?] [$($more:tt)*]) => {
         inject_operand!(
+            $($prologue,)*
             ".pushsection __rseq_cs, \"aw\"",
             ".balign 32",
             "7:",
@@ -220,7 +257,6 @@ macro_rules! section {
             ".popsection",
             area = in(reg) $at.area,
             index = in(reg) $at.index,
-            guard = in(reg) $at.guard,
             field = const $field,
             rseq_cs = const abi::OFFSET_RSEQ_CS,
             sig = const abi::RSEQ_SIG,
@@ -228,6 +264,7 @@ macro_rules! section {
             abort = label { return Outcome::Aborted },
             stopped = label { return Outcome::Stopped },
             $($operands)*
+            $($more)*
             options(nostack),
         )
     };
@@ -273,6 +310,32 @@ pub(crate) unsafe fn add<F: Field>(at: At, v: *mut usize, count: usize) -> Outco
         ], [
             v = in(reg) v, count = in(reg) count,
         ]);
+    }
+    Outcome::Committed
+}
+
+/// `*(slot + VALUE) += count` on a strided block: the slot is at `base + offset` (`offset` = index x
+/// stride), addressed base-plus-index like the C reference addresses its array, so no register
+/// holds the slot's address; its guard word comes first and the value `VALUE` bytes after it.
+/// `at.guard` is not read.
+#[inline(always)]
+pub(crate) unsafe fn add_strided<F: Field, const VALUE: usize>(
+    at: At,
+    base: *mut u8,
+    offset: usize,
+    count: usize,
+) -> Outcome {
+    // SAFETY: the contract above, for the slot at `base + offset`.
+    unsafe {
+        section!(@checked F::FIELD, at, [
+            "cmp dword ptr [{base} + {offset}], 0", "jne {stopped}"
+        ], [
+            point!(4),
+            point!(5),
+            "add qword ptr [{base} + {offset} + {value}], {count}",
+        ], [
+            base = in(reg) base, offset = in(reg) offset, value = const VALUE, count = in(reg) count,
+        ] [] []);
     }
     Outcome::Committed
 }

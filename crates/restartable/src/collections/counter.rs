@@ -1,10 +1,13 @@
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use crate::arch;
 use crate::cpu::{Cpu, Index};
 use crate::guard::GuardError;
-use crate::percpu::{PerCpu, Slots};
+use crate::percpu::{PerCpu, Slot, Slots};
+use crate::{arch, pool};
+
+/// Where a slot's value is, from its guard word.
+const VALUE: usize = core::mem::offset_of!(Slot<AtomicUsize>, value);
 use crate::retry::{self, Slow};
 use crate::thread;
 
@@ -53,12 +56,16 @@ impl<I: Index> Counter<I> {
     #[inline]
     pub fn add(&self, n: u64) {
         let n = n as usize;
+        let base = self.slots.first().as_ptr().cast::<u8>();
         let _ = retry::drive(
             &self.slots,
-            // SAFETY: the slot of `at.index` is written only by sections on that index, under its
-            // guard, or with atomic instructions when no section can run on it.
-            |slot, at| unsafe { arch::add::<I>(at, slot.as_ptr(), n) },
-            |slow| {
+            // SAFETY: the slot of `at.index` (at `base + index * STRIDE`) is written only by
+            // sections on that index, under its guard, or with atomic instructions when no
+            // section can run on it; its value is `VALUE` bytes after its guard word.
+            move |_, at| unsafe {
+                arch::add_strided::<I, VALUE>(at, base, (at.index as usize) << pool::STRIDE_SHIFT, n)
+            },
+            move |slow| {
                 // Every slow form is an atomic add: on a stopped index, on the spare (which no
                 // section touches), or in degraded mode (where no section runs at all).
                 let (Slow::Stopped(slot, _) | Slow::Spare(slot) | Slow::Degraded(slot, _)) = slow;
