@@ -65,8 +65,9 @@ pub fn set_max_aborts(n: u32) {
     MAX_ABORTS.store(n.max(1), Relaxed);
 }
 
-/// How many operations this process completed off the fast path (under a guard, on a spare
-/// index, or with atomics in degraded mode).
+/// How many operations this process completed off the fast path: under a guard or on a spare
+/// index. (In degraded mode a counter's add is one atomic instruction and is not counted here:
+/// every operation of that mode is off the fast path, as [`mode`](crate::mode) says.)
 pub fn slow_path_uses() -> u64 {
     SLOW_PATH_USES.iter().map(|c| c.load(Relaxed)).sum()
 }
@@ -148,7 +149,10 @@ fn aborted(area: isize, aborts: u32) -> Option<u32> {
 
 /// The index a slow path works on: the thread's current one, in range.
 fn current_index<I: Index>() -> usize {
-    I::current().unwrap_or_else(thread::cpu_now) % thread::limit()
+    match I::current() {
+        Some(i) if i < thread::limit() => i,
+        _ => thread::index_now(),
+    }
 }
 
 #[cold]
@@ -165,7 +169,7 @@ fn choose<I: Index>(aborts: u32, retried: bool, lockfree_degraded: bool) -> Choi
     {
         return Choice::Retry;
     }
-    let index = current_index::<I>();
+    let index = if mode.is_fast() { current_index::<I>() } else { thread::degraded_index() };
     if !mode.is_fast() && lockfree_degraded { Choice::Degraded(index) } else { Choice::Stop(index) }
 }
 
@@ -272,8 +276,28 @@ pub(crate) fn drive<S: Slots, R>(
     match fast_on(pc, &mut fast, c) {
         o @ (Outcome::Committed | Outcome::CompareFailed) => Path::Fast(o),
         Outcome::Stopped => drive_cold(pc, fast, slow, lockfree_degraded, None),
-        Outcome::Aborted => drive_cold(pc, fast, slow, lockfree_degraded, Some(c.area)),
+        Outcome::Aborted => drive_aborted(pc, fast, slow, lockfree_degraded, c.area),
     }
+}
+
+/// After the first attempt aborted. In degraded mode (the published area is then the decoy,
+/// which is why it aborted) an all-atomic operation goes straight to its slot: the CPU from
+/// `rdpid`, one atomic instruction, nothing else.
+#[cold]
+#[inline(never)]
+fn drive_aborted<S: Slots, R>(
+    pc: &S,
+    fast: impl FnMut(&S::Value, At) -> Outcome,
+    slow: impl FnOnce(Slow<'_, S::Value>) -> R,
+    lockfree_degraded: bool,
+    area: isize,
+) -> Path<R> {
+    if lockfree_degraded && thread::degraded() {
+        let i = thread::degraded_index();
+        // SAFETY: `i` is below the number of indices.
+        return Path::Slow(slow(Slow::Degraded(unsafe { &pc.slot_unchecked(i).value }, i)));
+    }
+    drive_cold(pc, fast, slow, lockfree_degraded, Some(area))
 }
 
 /// One critical section of `fast` on the cursor's index of `pc`.

@@ -82,16 +82,22 @@ fn auxval(key: u64) -> Option<usize> {
 /// cannot be read, the size of the kernel's CPU mask (a multiple of 64, never below `nr_cpu_ids`)
 /// stands in for it: every CPU number the kernel gives must be below this count, because the
 /// per-CPU memory is laid out by it. Computed once (without allocating); always at least 1.
+#[inline(always)]
 pub fn possible_cpus() -> usize {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    match N.load(Relaxed) {
-        0 => {
-            let n = read_possible().or_else(cpu_mask_bits).unwrap_or(abi::MAX_CPUS + 1);
-            N.store(n, Relaxed);
-            n
-        }
+    match POSSIBLE.load(Relaxed) {
+        0 => possible_cpus_first(),
         n => n,
     }
+}
+
+static POSSIBLE: AtomicUsize = AtomicUsize::new(0);
+
+#[cold]
+#[inline(never)]
+fn possible_cpus_first() -> usize {
+    let n = read_possible().or_else(cpu_mask_bits).unwrap_or(abi::MAX_CPUS + 1);
+    POSSIBLE.store(n, Relaxed);
+    n
 }
 
 /// The kernel's CPU mask size in bits: `sched_getaffinity` returns how many bytes it copied,

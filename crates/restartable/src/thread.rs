@@ -15,7 +15,7 @@
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicI32, AtomicIsize, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicIsize, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::fmt;
 
 use crate::arch::{self, ThreadBlock};
@@ -40,6 +40,9 @@ fn decoy_offset() -> isize {
 
 /// Point every index mode at the decoy (until fast mode is published).
 fn use_decoy() {
+    if OFFSET.iter().all(|o| o.load(Ordering::Relaxed) != 0) {
+        return;
+    }
     let d = decoy_offset();
     for o in &OFFSET {
         let _ = o.compare_exchange(0, d, Ordering::Relaxed, Ordering::Relaxed);
@@ -56,6 +59,7 @@ pub(crate) fn area_registered(offset: isize) -> bool {
 }
 
 /// The number of index values: [`sys::possible_cpus`] capped at [`abi::MAX_CPUS`].
+#[inline]
 pub(crate) fn limit() -> usize {
     sys::possible_cpus().min(abi::MAX_CPUS)
 }
@@ -288,7 +292,16 @@ pub(crate) enum Ready {
 pub(crate) fn ready() -> Ready {
     use_decoy();
     let Some(p) = process() else { return Ready::Nested };
-    let Some(mode) = MODE.get_or_init(|| decide(p)) else { return Ready::Nested };
+    let Some(mode) = MODE.get_or_init(|| {
+        let mode = decide(p);
+        if !mode.is_fast() {
+            DEGRADED_RDPID.store(p.rdpid, Ordering::Relaxed);
+            DEGRADED.store(true, Ordering::Release);
+        }
+        mode
+    }) else {
+        return Ready::Nested;
+    };
     let _ = thread_ready(p);
     Ready::Done(mode)
 }
@@ -311,6 +324,30 @@ pub fn mode() -> &'static Mode {
 #[inline]
 pub(crate) fn mode_if_decided() -> Option<&'static Mode> {
     MODE.get()
+}
+
+/// Set once the process has decided on degraded mode (no fast path will ever run).
+static DEGRADED: AtomicBool = AtomicBool::new(false);
+/// Set with `DEGRADED` when the CPU has `rdpid` (degraded mode then reads the CPU with it).
+static DEGRADED_RDPID: AtomicBool = AtomicBool::new(false);
+
+/// Whether the process has decided on degraded mode (no fast path will ever run).
+#[inline]
+pub(crate) fn degraded() -> bool {
+    DEGRADED.load(Ordering::Relaxed)
+}
+
+/// The current CPU as an index below [`limit`], in degraded mode: `rdpid` where the CPU has it
+/// (one instruction), else [`cpu_now`].
+#[inline]
+pub(crate) fn degraded_index() -> usize {
+    if DEGRADED_RDPID.load(Ordering::Relaxed) {
+        // SAFETY: only set when the CPU has `rdpid`.
+        let (i, n) = (unsafe { arch::rdpid() }, limit());
+        if i < n { i } else { i % n }
+    } else {
+        index_now()
+    }
 }
 
 static FENCE: AtomicI32 = AtomicI32::new(0);
@@ -464,19 +501,36 @@ pub(crate) fn usable_len() -> usize {
     process().map_or(0, |p| p.usable_len)
 }
 
-/// The CPU the calling thread runs on when no fast path is in use: from its area if it has one,
-/// else `rdpid`, else `sched_getcpu` (the vDSO).
+/// The CPU the calling thread runs on when no fast path is in use: from its area if it has one
+/// (registering it first if that was never tried), else `rdpid`, else `sched_getcpu` (the vDSO).
 #[inline]
 pub(crate) fn cpu_now() -> usize {
-    if let Some(area) = thread_area() {
-        // SAFETY: `area` is this thread's live, registered area.
-        return unsafe { read_u32(area, abi::OFFSET_CPU_ID) } as usize;
-    }
-    if PROCESS.get().is_some_and(|p| p.rdpid) {
-        // SAFETY: the CPU has `rdpid`.
-        return unsafe { arch::rdpid() };
+    if let Some(p) = PROCESS.get() {
+        let b = block();
+        let mut s = b.state.load(Ordering::Relaxed);
+        if s == state::UNKNOWN {
+            let _ = thread_ready(p);
+            s = b.state.load(Ordering::Relaxed);
+        }
+        if s == state::READY && arch::HAS_RSEQ {
+            let area = arch::thread_pointer().wrapping_offset(p.offset);
+            // SAFETY: this thread's live, registered area.
+            return unsafe { read_u32(area, abi::OFFSET_CPU_ID) } as usize;
+        }
+        if p.rdpid {
+            // SAFETY: the CPU has `rdpid`.
+            return unsafe { arch::rdpid() };
+        }
     }
     sys::sched_getcpu()
+}
+
+/// [`cpu_now`] as an index below [`limit`].
+#[inline]
+pub(crate) fn index_now() -> usize {
+    let (i, n) = (cpu_now(), limit());
+    // A CPU number is below the possible count; the remainder only guards against a lying kernel.
+    if i < n { i } else { i % n }
 }
 
 // ------------------------------------------------------------------------------------------
