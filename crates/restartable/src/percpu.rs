@@ -213,15 +213,50 @@ impl<T: Zeroable, I: Index> PerCpu<T, I> {
 
 impl<T, I: Index> Drop for PerCpu<T, I> {
     fn drop(&mut self) {
+        // SAFETY: the block came from `Block::into_raw` with this layout; it is freed once, after
+        // the values (also when one of their `Drop`s panics).
+        let _block = unsafe { Block::from_raw(self.ptr.cast(), Layout::new::<Slot<T>>()) };
         if core::mem::needs_drop::<T>() {
-            for (_, v) in self.iter_mut() {
-                // SAFETY: every copy below `len` is initialised and dropped once. (The spare is
-                // the owning collection's to empty.)
-                unsafe { core::ptr::drop_in_place(v) };
-            }
+            // SAFETY: every copy below `len` is initialised and dropped once. (The spare is the
+            // owning collection's to empty.)
+            drop_all(self.iter_mut().map(|(_, v)| unsafe { InPlace::new(v) }));
         }
-        // SAFETY: the block came from `Block::into_raw` with this layout; it is freed once.
-        drop(unsafe { Block::from_raw(self.ptr.cast(), Layout::new::<Slot<T>>()) });
+    }
+}
+
+/// A value dropped where it lies when this is dropped.
+pub(crate) struct InPlace<'a, T>(&'a mut T);
+
+impl<'a, T> InPlace<'a, T> {
+    /// # Safety
+    /// The value is initialised, and is not used (nor dropped) again after this is dropped.
+    #[allow(clippy::new_ret_no_self)]
+    pub(crate) unsafe fn new(v: &'a mut T) -> Self {
+        InPlace(v)
+    }
+}
+
+impl<T> Drop for InPlace<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: `new`'s contract.
+        unsafe { core::ptr::drop_in_place(self.0) };
+    }
+}
+
+/// Drop every item, like a `Vec` does: an item whose `Drop` panics does not stop the others from
+/// being dropped; the first panic resumes afterwards.
+pub(crate) fn drop_all<T>(items: impl Iterator<Item = T>) {
+    struct Rest<I: Iterator>(I);
+    impl<I: Iterator> Drop for Rest<I> {
+        fn drop(&mut self) {
+            // Runs on the normal path (nothing left) and while unwinding from a panicking drop
+            // (the rest; a second panic aborts, as it does for a `Vec`).
+            self.0.by_ref().for_each(drop);
+        }
+    }
+    let mut rest = Rest(items);
+    for item in rest.0.by_ref() {
+        drop(item);
     }
 }
 

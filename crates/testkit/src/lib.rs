@@ -205,6 +205,79 @@ pub fn run_self_as_child(test_name: &str, env: &[(&str, &str)], rules: &[(i64, i
     cmd.output().unwrap_or_else(|e| failed(format!("spawning {test_name}: {e}")))
 }
 
+/// [`run_self_as_child`] with a deadline: a child still running after `timeout` is killed
+/// (SIGKILL) and reported as failed, with "timed out" in its stderr, so that a test of a hang
+/// fails instead of hanging the suite.
+pub fn run_self_as_child_timeout(
+    test_name: &str,
+    env: &[(&str, &str)],
+    rules: &[(i64, i32)],
+    timeout: std::time::Duration,
+) -> Output {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return failed(format!("current_exe: {e}")),
+    };
+    let mut cmd = Command::new(exe);
+    cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"]);
+    cmd.env(CHILD_ENV, "1");
+    cmd.envs(env.iter().copied());
+    if !rules.is_empty() {
+        deny_syscalls_command(&mut cmd, rules);
+    }
+    output_with_timeout(cmd, timeout)
+}
+
+/// Run `cmd` to completion with piped output, killing it after `timeout` (then its status is a
+/// failure and its stderr ends with a "timed out" line).
+pub fn output_with_timeout(mut cmd: Command, timeout: std::time::Duration) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return failed(format!("spawning {cmd:?}: {e}")),
+    };
+    // Drain both pipes on their own threads, so a chatty child never blocks on a full pipe.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let stdout = out.join().unwrap_or_default();
+    let mut stderr = err.join().unwrap_or_default();
+    match status {
+        Some(status) => Output { status, stdout, stderr },
+        None => {
+            stderr.extend_from_slice(format!("\ntestkit: timed out after {timeout:?} (killed)\n").as_bytes());
+            let mut o = failed(String::new());
+            o.stdout = stdout;
+            o.stderr = stderr;
+            o
+        }
+    }
+}
+
 fn failed(msg: String) -> Output {
     use std::os::unix::process::ExitStatusExt;
     Output { status: std::process::ExitStatus::from_raw(127 << 8), stdout: Vec::new(), stderr: msg.into_bytes() }

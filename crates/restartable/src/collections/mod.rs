@@ -35,19 +35,4 @@ pub use memcpy::{MAX_ITEM, MemcpyBuffer};
 pub use spinlock::{SpinLock, SpinLockGuard};
 pub use stack::Stack;
 
-/// Drop every item, like a `Vec` does: an item whose `Drop` panics does not stop the others from
-/// being dropped; the first panic resumes afterwards.
-pub(crate) fn drop_all<T>(items: impl Iterator<Item = T>) {
-    struct Rest<I: Iterator>(I);
-    impl<I: Iterator> Drop for Rest<I> {
-        fn drop(&mut self) {
-            // Runs on the normal path (nothing left) and while unwinding from a panicking drop
-            // (the rest; a second panic aborts, as it does for a `Vec`).
-            self.0.by_ref().for_each(drop);
-        }
-    }
-    let mut rest = Rest(items);
-    for item in rest.0.by_ref() {
-        drop(item);
-    }
-}
+pub(crate) use crate::percpu::drop_all;

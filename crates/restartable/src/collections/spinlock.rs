@@ -175,10 +175,9 @@ impl<T, I: Index> SpinLock<T, I> {
 
 impl<T, I: Index> Drop for SpinLock<T, I> {
     fn drop(&mut self) {
-        for v in self.iter_mut() {
-            // SAFETY: initialised by `new`, dropped once here.
-            unsafe { core::ptr::drop_in_place(v) };
-        }
+        // SAFETY: every value was initialised by `new` and is dropped once here (all of them, even
+        // if one's `Drop` panics).
+        crate::percpu::drop_all(self.iter_mut().map(|v| unsafe { crate::percpu::InPlace::new(v) }));
     }
 }
 
