@@ -49,7 +49,7 @@ unsafe impl GlobalAlloc for Hook {
 static HOOK: Hook = Hook;
 
 /// An item that records being dropped while its thread holds a guard.
-struct Watched(u64);
+struct Watched(#[allow(dead_code)] u64);
 
 static DROPPED_UNDER_GUARD: AtomicU64 = AtomicU64::new(0);
 
@@ -123,7 +123,7 @@ fn every_operation() {
             let popped =
                 usize::from(s.pop().is_some()) + usize::from(b.pop().is_some()) + usize::from(m.pop().is_some());
             drained.fetch_add(popped, Relaxed);
-            if i % 64 == 0 {
+            if i.is_multiple_of(64) {
                 l.lock().push(Watched(i));
                 std::thread::yield_now();
             }
