@@ -112,7 +112,7 @@ extern "C" fn counter_handler(_: libc::c_int) {
     let c = COUNTER.get().expect("armed");
     c.add(1);
     HANDLER_ADDED.fetch_add(1, SeqCst);
-    if n % 16 == 0 {
+    if n.is_multiple_of(16) {
         // Sum-and-reset from the handler too: it never waits for a guard its thread holds.
         HANDLER_TAKEN.fetch_add(c.take(), SeqCst);
     }
