@@ -8,6 +8,8 @@
 //! so what "cores" means everywhere), [`reexec`] (running this binary again in a child, with a
 //! time limit and degraded mode forced or not), and [`progress`] (the progress bar).
 
+#[cfg(feature = "count-allocations")]
+mod alloc_check;
 mod bench;
 mod cpus;
 mod info;
@@ -19,6 +21,10 @@ mod tour;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+#[cfg(feature = "count-allocations")]
+#[global_allocator]
+static GLOBAL: alloc_check::Counting = alloc_check::Counting;
 
 /// What a subcommand returns: the exit code to end with, or an error to report (exit 1).
 pub type CmdResult = Result<ExitCode, Box<dyn std::error::Error>>;

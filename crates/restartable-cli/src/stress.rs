@@ -110,7 +110,8 @@ pub struct Args {
     /// Print one JSON object instead of the table: `config` (with the process's `mode` and the
     /// `command` that reproduces the run), `tests` (each with `ops`, `checks_passed`,
     /// `checks_failed`, `aborts` and `slow_path_uses` seen by the retry driver, `opv_runs`,
-    /// `remote_rounds`, `seconds`, `ok`, `failures` and `reproduce`), and `ok`.
+    /// `handler_ops` (`--signal-ops`), `forks` (`--fork`), `remote_rounds`, `seconds`, `ok`,
+    /// `failures` and `reproduce`), and `ok`.
     #[arg(long)]
     pub json: bool,
 
@@ -332,19 +333,33 @@ fn run_tests(cfg: &Config) -> Result<Vec<TestReport>, Box<dyn std::error::Error>
     for &test in tests {
         let (aborts, slow, opv) =
             (restartable::retry::aborts(), restartable::retry::slow_path_uses(), restartable::opv::runs());
+        let (handled, forked) = (disturbance::handler_runs(), disturbance::forked());
+        #[cfg(feature = "count-allocations")]
+        let under_guard = crate::alloc_check::under_guard();
         let start = Instant::now();
         let found = match cfg.index {
             IndexArg::Cpu => cases::run::<Cpu>(test, cfg),
             IndexArg::MmCid => cases::run::<MmCid>(test, cfg),
         };
         let seconds = start.elapsed().as_secs_f64();
-        let found = found.map_err(|e| format!("{}: {e}", test.name()))?;
+        #[allow(unused_mut)]
+        let mut found = found.map_err(|e| format!("{}: {e}", test.name()))?;
+        #[cfg(feature = "count-allocations")]
+        {
+            let n = crate::alloc_check::under_guard() - under_guard;
+            let calls = crate::alloc_check::calls();
+            found.check(n == 0 && calls > 0, || {
+                format!("{n} of {calls} allocations or frees were made while holding a guard (count-allocations)")
+            });
+        }
         reports.push(TestReport {
             test,
             found,
             aborts: restartable::retry::aborts() - aborts,
             slow_path_uses: restartable::retry::slow_path_uses() - slow,
             opv_runs: restartable::opv::runs() - opv,
+            handler_ops: disturbance::handler_runs() - handled,
+            forks: disturbance::forked() - forked,
             seconds,
         });
     }

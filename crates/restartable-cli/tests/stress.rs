@@ -110,6 +110,29 @@ fn the_text_report_is_a_table() {
     assert!(s.contains("stress: 6 of 6 tests passed"), "{s}");
 }
 
+/// `--signal-ops`: the SIGUSR1 handler itself operates on the counter, the buffer and the memcpy
+/// buffer (counted in their conservation checks); `--fork`: children forked while the workers run
+/// check every structure. Both in fast and in degraded mode.
+#[test]
+fn signal_handlers_and_forked_children_use_the_structures() {
+    for env in [&[][..], &[("RESTARTABLE_FORCE_DEGRADED", "1")][..]] {
+        let v = stress_json(
+            &["--threads", "6", "--reps", "200000", "--time-limit", "0.5", "--signal-ops", "--every", "8", "--fork"],
+            env,
+        );
+        assert_eq!(v["ok"], true, "{env:?}: {v}");
+        for t in v["tests"].as_array().expect("tests") {
+            check_test_report(t, None);
+            assert!(t["forks"].as_u64() > Some(0), "{env:?}: forked children checked: {t}");
+            if matches!(t["test"].as_str(), Some("counter" | "buffer" | "memcpy")) {
+                assert!(t["handler_ops"].as_u64() > Some(0), "{env:?}: operations in the handler: {t}");
+            } else {
+                assert_eq!(t["handler_ops"], 0, "{env:?}: only async-signal-safe structures: {t}");
+            }
+        }
+    }
+}
+
 #[test]
 fn force_degraded_reruns_in_degraded_mode() {
     let v = stress_json(&["--force-degraded", "--threads", "4", "--reps", "1000"], &[]);

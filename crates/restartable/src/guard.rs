@@ -33,11 +33,41 @@
 //!   (or reports [`GuardError::Busy`] for) the indices it could only wait for. Nested operations
 //!   therefore never deadlock, on their own thread or in a cycle with other threads'.
 //! - **First use is re-entrant and allocates nothing**: an operation that interrupts its own
-//!   thread's first use takes the same no-wait path.
+//!   thread's first use takes the same no-wait path (it may still take a free guard: no other
+//!   thread holds one before the decision, and it fences once fast paths may run).
 //! - **`fork` leaves no guard held by a thread that does not exist**: a guard word names its
 //!   owner and the fork generation it was taken in; in a child, a word taken in an older
 //!   generation is free (every slow path leaves its data consistent at every instruction: it
-//!   prepares in unpublished memory and commits with one store).
+//!   prepares in unpublished memory and commits with one store). A `pthread_atfork` handler
+//!   advances the generation and registers the child for the membarrier fence again. (A child
+//!   made by a raw `clone`/`fork` system call, which skips the handlers, must `exec` or exit.)
+//!
+//! # Async-signal safety
+//!
+//! An operation is async-signal-safe here when a signal handler may call it while its thread is
+//! anywhere, including inside the same operation on the same structure (and on the same CPU,
+//! holding that CPU's guard on its slow path): it never waits for a guard its thread holds, takes
+//! no lock a handler could wait for, and neither allocates nor frees. Each "yes" is proved by a
+//! test that calls it from a `SIGALRM` handler every 50 µs while its thread runs the same
+//! operations on CPU 0 and another thread keeps stopping CPU 0 (`tests/robust.rs`), in fast and
+//! degraded mode, and by `restartable stress --signal-ops`.
+//!
+//! | operation | async-signal-safe | why not / test |
+//! |---|---|---|
+//! | `Counter::add`, `sum`, `take`, `try_take`, `take_cpu` | yes | `signal_handler_uses_the_counter_its_thread_is_in` |
+//! | `Buffer::push`, `pop` | yes (the `Box` is yours: make and free it outside the handler) | `signal_handler_uses_the_buffer_its_thread_is_in` |
+//! | `MemcpyBuffer::push`, `pop` | yes | `signal_handler_uses_the_memcpy_buffer_its_thread_is_in` |
+//! | `ops::*`, `retry::run` (with async-signal-safe closures), `guard::stop`, `OpVec::run_on`, `run_stopped`, `current_cpu`, `current_mm_cid`, `current_node` | yes | `signal_handler_uses_raw_ops_and_stops` |
+//! | `Stack::push`, `pop` | no | they allocate and free a node |
+//! | `drain_cpu`, `drain_all`, `len_per_cpu`, `Counter::per_cpu` | no | they allocate the returned `Vec` |
+//! | `SpinLock::lock`, `lock_cpu` | no | a lock: a handler may wait for the lock its own thread holds |
+//! | creating or dropping any structure, `PerCpu::new` | no | the pool's lock; frees |
+//!
+//! Called from a handler that interrupted an operation on the same structure, a "yes" operation
+//! may answer "nothing now" where it would otherwise wait: `pop` finds nothing, a bounded
+//! `push` reports the buffer full, `take` leaves the counts it could not reach for later, and
+//! `stop`, `run_on` and `take_cpu` report [`GuardError::Busy`]. A counter's `add` always counts
+//! (on the structure's spare index when its CPU is out of reach).
 
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -82,13 +112,14 @@ impl Guard {
     /// Stop index `index` (in mode `I`) for the data this guard protects: acquire the word and
     /// fence (steps 1 and 2 above).
     pub(crate) fn stop<I: Index>(&self, index: usize) -> Result<Stop<'_>, GuardError> {
-        let fast = match thread::ready() {
-            thread::Ready::Done(mode) => mode.is_fast(),
-            // Inside this thread's own first use: no fast path has run yet, and none will until
-            // the decision is published, but this thread may not wait for anything.
-            thread::Ready::Nested => return Err(GuardError::Busy { index }),
+        let (fast, nested) = match thread::ready() {
+            thread::Ready::Done(mode) => (mode.is_fast(), false),
+            // Inside this thread's own first use (a signal handler interrupted it): it may not
+            // wait for anything, and fences only if fast paths may already run (the decision
+            // for fast mode is being published; its fence registration came first).
+            thread::Ready::Nested => (thread::fast_paths_may_run(), true),
         };
-        acquire(&self.0, index)?;
+        acquire(&self.0, index, nested)?;
         let stop = Stop { guard: &self.0, index, _not_send: PhantomData };
         #[cfg(feature = "inject")]
         crate::inject::delay(7);
@@ -275,21 +306,29 @@ fn stale(word: u32) -> bool {
     owner != 0 && (owner >> TID_BITS) & GENERATION_MASK != thread::generation() & GENERATION_MASK
 }
 
-/// Take `w` for the calling thread. A thread that holds a guard already only tries.
-fn acquire(w: &AtomicU32, index: usize) -> Result<(), GuardError> {
+/// Take `w` for the calling thread. A thread that holds a guard already (or that is `nested`
+/// inside its own first use) only tries.
+///
+/// The thread's held count goes up *before* the first attempt and back down only on failure, and
+/// [`release`] clears the word before counting down: a signal handler that interrupts its thread
+/// anywhere in between sees a guard held (and never waits for one).
+fn acquire(w: &AtomicU32, index: usize, nested: bool) -> Result<(), GuardError> {
     let me = token();
     let b = block();
-    let nested = b.held.load(Ordering::Relaxed) > 0;
+    let nested = nested || b.held.fetch_add(1, Ordering::SeqCst) > 0;
+    let fail = |e| {
+        b.held.fetch_sub(1, Ordering::SeqCst);
+        Err(e)
+    };
     let take = |cur: u32, new: u32| w.compare_exchange(cur, new, Ordering::SeqCst, Ordering::Relaxed).is_ok();
     for _ in 0..SPINS {
         let cur = w.load(Ordering::Relaxed);
         if (cur == 0 && take(0, me)) || (stale(cur) && take(cur, me | (cur & WAITERS))) {
-            b.held.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         if nested || cur & !WAITERS == me {
             // Never wait while holding a guard, and never for one's own.
-            return Err(GuardError::Busy { index });
+            return fail(GuardError::Busy { index });
         }
         core::hint::spin_loop();
     }
@@ -298,7 +337,6 @@ fn acquire(w: &AtomicU32, index: usize) -> Result<(), GuardError> {
         if old == 0 || (stale(old) && take(old | WAITERS, me | WAITERS)) {
             // Ours; keep WAITERS set, since others may sleep behind us.
             w.store(me | WAITERS, Ordering::Relaxed);
-            b.held.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         // EAGAIN (the word changed) and EINTR both just mean: look again.
@@ -307,8 +345,8 @@ fn acquire(w: &AtomicU32, index: usize) -> Result<(), GuardError> {
 }
 
 fn release(w: &AtomicU32) {
-    block().held.fetch_sub(1, Ordering::Relaxed);
     if w.swap(0, Ordering::Release) & WAITERS != 0 {
         let _ = rustix::thread::futex::wake(w, rustix::thread::futex::Flags::PRIVATE, 1);
     }
+    block().held.fetch_sub(1, Ordering::SeqCst);
 }

@@ -221,6 +221,11 @@ fn run_cold<I: Index, T>(
             Choice::Stop(i) | Choice::Degraded(i) => (i, 1),
             Choice::NoWait(i) => (i, thread::limit()),
         };
+        // A thread that holds a guard tries every index; one that may wait waits for its own.
+        let tries = match guard::held() {
+            0 => tries,
+            _ => thread::limit(),
+        };
         for k in 0..tries {
             match guard::stop::<I>((first + k) % thread::limit()) {
                 Ok(stop) => {
@@ -229,6 +234,7 @@ fn run_cold<I: Index, T>(
                     count_slow_path();
                     return Path::Slow(r);
                 }
+                // (Busy only for a thread that may not wait: try the next index.)
                 Err(GuardError::Busy { .. }) => continue,
                 Err(_) => break,
             }

@@ -269,6 +269,9 @@ fn decide(p: &Process) -> Mode {
             reason: "this machine has more possible CPUs than the library supports (8192)",
         }));
     }
+    // Said before the offsets are published: an operation interrupting this thread's first use
+    // that sees `false` knows no fast path can run anywhere yet.
+    PUBLISHING.store(true, Ordering::SeqCst);
     OFFSET[0].store(p.offset, Ordering::Release);
     if p.usable_len >= abi::OFFSET_MM_CID + 4 {
         OFFSET[1].store(p.offset, Ordering::Release);
@@ -324,6 +327,15 @@ pub fn mode() -> &'static Mode {
 #[inline]
 pub(crate) fn mode_if_decided() -> Option<&'static Mode> {
     MODE.get()
+}
+
+/// Set (before the offsets are published) once fast paths may run.
+static PUBLISHING: AtomicBool = AtomicBool::new(false);
+
+/// Whether fast paths may run (the decision for fast mode is being, or has been, published).
+#[inline]
+pub(crate) fn fast_paths_may_run() -> bool {
+    PUBLISHING.load(Ordering::SeqCst)
 }
 
 /// Set once the process has decided on degraded mode (no fast path will ever run).

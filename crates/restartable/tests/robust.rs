@@ -325,6 +325,84 @@ fn signal_handler_uses_the_memcpy_buffer_its_thread_is_in() {
     in_children("signal_handler_memcpy_child");
 }
 
+/// Slots of the raw-op scenario: one word per CPU, written by raw sections on that CPU and under
+/// that CPU's process-wide guard.
+static SLOTS: OnceLock<Vec<std::sync::atomic::AtomicUsize>> = OnceLock::new();
+static HANDLER_RAW_ADDS: AtomicU64 = AtomicU64::new(0);
+
+/// One add through the raw driver: the section, else an op vector under the stopped CPU.
+fn raw_add(slots: &[std::sync::atomic::AtomicUsize]) {
+    let _ = restartable::retry::run::<Cpu, _>(
+        // SAFETY: slot `i` is written only by sections on `i` or under `i`'s guard.
+        |i| unsafe { restartable::ops::load_add_store::<Cpu>(&slots[i], 1, i) },
+        |stop| {
+            let mut v = restartable::opv::OpVec::new();
+            v.add_word(&slots[stop.index()], 1);
+            // SAFETY: as above; `stop` holds the slot's guard.
+            unsafe { v.run_stopped(stop) }.expect("a one-word add validates");
+        },
+    );
+}
+
+extern "C" fn raw_handler(_: libc::c_int) {
+    if !ARMED.load(SeqCst) {
+        return;
+    }
+    HANDLED.fetch_add(1, SeqCst);
+    let slots = SLOTS.get().expect("armed");
+    assert!(restartable::current_cpu() < slots.len());
+    raw_add(slots);
+    HANDLER_RAW_ADDS.fetch_add(1, SeqCst);
+    // Stopping a CPU from a handler never waits for a guard its thread holds: it gets `Busy`.
+    match restartable::guard::stop::<Cpu>(0) {
+        Ok(stop) => drop(stop),
+        Err(restartable::guard::GuardError::Busy { .. }) => {}
+        Err(e) => panic!("stop from a handler: {e}"),
+    }
+}
+
+#[test]
+fn signal_handler_raw_child() {
+    if !testkit::is_child() {
+        return;
+    }
+    let slots = SLOTS.get_or_init(|| (0..restartable::possible_cpus()).map(|_| Default::default()).collect());
+    let mut added = 0u64;
+    let remote_added = AtomicU64::new(0);
+    ARMED.store(true, SeqCst);
+    let handled = storm(
+        1.0,
+        raw_handler,
+        || {
+            raw_add(slots);
+            added += 1;
+        },
+        || {
+            // Op vectors on CPU 0 from the remote thread: the main thread's sections restart,
+            // and its slow path waits for (then holds) CPU 0's process-wide guard.
+            let mut v = restartable::opv::OpVec::new();
+            v.add_word(&slots[0], 1);
+            // SAFETY: slot 0 is written only by sections on CPU 0 or under its guard.
+            unsafe { v.run_on(0) }.expect("run_on(0)");
+            remote_added.fetch_add(1, Relaxed);
+        },
+    );
+    ARMED.store(false, SeqCst);
+    let total: u64 = slots.iter().map(|s| s.load(SeqCst) as u64).sum();
+    let expected = added + HANDLER_RAW_ADDS.load(SeqCst) + remote_added.load(Relaxed);
+    println!("{}: {added} adds, {handled} handler runs, total {total}", restartable::mode());
+    assert!(handled > 100, "the storm must interrupt the adds ({handled})");
+    assert_eq!(total, expected, "adds lost or doubled");
+}
+
+/// The raw layer in a handler: `current_cpu`, raw ops through `retry::run` (an op vector under
+/// the stop as slow path), and `guard::stop`, while the thread is inside the same, holding CPU
+/// 0's process-wide guard that another thread keeps taking with `OpVec::run_on(0)`.
+#[test]
+fn signal_handler_uses_raw_ops_and_stops() {
+    in_children("signal_handler_raw_child");
+}
+
 // ---------------------------------------------------------------------------------------------
 // fork while other threads hold guards.
 

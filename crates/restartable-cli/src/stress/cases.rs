@@ -21,7 +21,7 @@
 //! [`Config`], runs [`drive`] and returns what it [`Found`], called from [`run`]. `--test all`,
 //! the matrix, the tour and the reports pick it up from [`Test::all`].
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use restartable::guard;
 use restartable::ops::{self, Index, Outcome};
@@ -33,6 +33,7 @@ use clap::ValueEnum;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
 use super::Config;
+use super::disturbance::{Hooks, with_hooks};
 use super::harness::{Pacer, drive};
 
 /// One stress test: the value of `--test` (which also takes `all`: see [`selection`]).
@@ -97,7 +98,17 @@ pub struct Found {
 pub const MAX_FAILURES: usize = 10;
 
 impl Found {
-    fn check(&mut self, ok: bool, msg: impl FnOnce() -> String) {
+    /// What a run itself found: its counts, and what the disturbances' threads checked.
+    fn of<R>(run: &super::harness::Run<R>) -> Found {
+        let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+        f.checks_passed = run.checks_passed;
+        for msg in &run.failures {
+            f.fail(msg.clone());
+        }
+        f
+    }
+
+    pub fn check(&mut self, ok: bool, msg: impl FnOnce() -> String) {
         if ok {
             self.checks_passed += 1;
         } else {
@@ -148,29 +159,50 @@ fn counter<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     let c = Counter::<I>::default();
     let mut taken = 0u64;
     let mut remote = Found::default();
-    let run = drive(
-        cfg,
-        |_, p: &mut Pacer<'_>| {
-            let mut added = 0u64;
-            while p.next() {
-                let n = p.k() % 7 + 1;
-                c.add(n);
-                added += n;
-            }
-            added
-        },
-        || {
-            for cpu in 0..limit() {
-                match c.take_cpu(cpu) {
-                    Ok(v) => taken = taken.wrapping_add(v),
-                    Err(e) => remote.fail(format!("take_cpu({cpu}) failed: {e}")),
+    // --signal-ops: the handler adds (and sometimes sums and resets), and counts what it did.
+    let (handler_added, handler_taken) = (AtomicU64::new(0), AtomicU64::new(0));
+    let in_handler = || {
+        c.add(1);
+        if handler_added.fetch_add(1, Relaxed) % 16 == 15 {
+            handler_taken.fetch_add(c.take(), Relaxed);
+        }
+    };
+    // --fork: in the child, sum-and-reset (stopping every CPU) around a known number of adds.
+    let in_child = || {
+        let _ = c.try_take().map_err(|e| e.to_string())?;
+        (0..1000).for_each(|_| c.add(1));
+        match c.try_take() {
+            Ok(1000) => Ok(()),
+            other => Err(format!("counter in a forked child: 1000 adds, took {other:?}")),
+        }
+    };
+    let hooks = Hooks { in_handler: Some(&in_handler), in_child: Some(&in_child) };
+    let run = with_hooks(hooks, || {
+        drive(
+            cfg,
+            |_, p: &mut Pacer<'_>| {
+                let mut added = 0u64;
+                while p.next() {
+                    let n = p.k() % 7 + 1;
+                    c.add(n);
+                    added += n;
                 }
-            }
-        },
-    )?;
-    let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+                added
+            },
+            || {
+                for cpu in 0..limit() {
+                    match c.take_cpu(cpu) {
+                        Ok(v) => taken = taken.wrapping_add(v),
+                        Err(e) => remote.fail(format!("take_cpu({cpu}) failed: {e}")),
+                    }
+                }
+            },
+        )
+    })?;
+    let mut f = Found::of(&run);
     f.merge(remote);
-    let added: u64 = run.results.iter().sum();
+    let added: u64 = run.results.iter().sum::<u64>() + handler_added.load(Relaxed);
+    let taken = taken.wrapping_add(handler_taken.load(Relaxed));
     match c.try_take() {
         Ok(left) => {
             let got = taken.wrapping_add(left);
@@ -226,7 +258,7 @@ fn broken_counter(cfg: &Config) -> std::io::Result<Found> {
             }
         },
     )?;
-    let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+    let mut f = Found::of(&run);
     f.merge(remote);
     let added: u64 = run.results.iter().sum();
     let left: u64 = slots.iter().map(|(_, s)| s.load(Relaxed) as u64).fold(0, u64::wrapping_add);
@@ -284,7 +316,7 @@ fn spinlock<I: Index>(cfg: &Config) -> std::io::Result<Found> {
             }
         },
     )?;
-    let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+    let mut f = Found::of(&run);
     f.merge(remote);
     let (mut left_a, mut left_b) = (0u64, 0u64);
     for cpu in 0..limit() {
@@ -430,16 +462,68 @@ fn drain_each<T, E: std::fmt::Display>(
     }
 }
 
+/// Items a `--signal-ops` handler holds because it could not put them back (each handler holds
+/// at most one at a time, and gives it back first on its next run): words stored lock-free
+/// (never 0), for the final accounting.
+struct Kept(Vec<AtomicU64>);
+
+impl Kept {
+    fn new() -> Kept {
+        Kept((0..4096).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// Keep `v` (not 0); false only if every slot is taken.
+    fn put(&self, v: u64) -> bool {
+        self.0.iter().any(|s| s.compare_exchange(0, v, Relaxed, Relaxed).is_ok())
+    }
+
+    /// Take back one kept word, if any.
+    fn take_one(&self) -> Option<u64> {
+        self.0.iter().find_map(|s| match s.load(Relaxed) {
+            0 => None,
+            _ => Some(s.swap(0, Relaxed)).filter(|&v| v != 0),
+        })
+    }
+
+    /// Every word kept at the end.
+    fn drain(&self) -> Vec<u64> {
+        self.0.iter().map(|s| s.swap(0, Relaxed)).filter(|&v| v != 0).collect()
+    }
+}
+
+/// The `--fork` check of an item structure: drain every index (stopping each), push one item,
+/// and find exactly that item again.
+fn child_push_drain<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    drain_all: impl Fn() -> Vec<T>,
+    push: impl Fn() -> bool,
+    expect: T,
+) -> Result<(), String> {
+    let _ = drain_all();
+    if !push() {
+        return Err(format!("{what} in a forked child: a push into an empty structure failed"));
+    }
+    match drain_all() {
+        got if got.len() == 1 && got[0] == expect => Ok(()),
+        got => Err(format!("{what} in a forked child: pushed {expect:?}, drained {got:?}")),
+    }
+}
+
 fn stack<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     let st = Stack::<u64, I>::new();
     let mut drained = Vec::new();
     let mut remote = Found::default();
-    let run = drive(
-        cfg,
-        |w, p: &mut Pacer<'_>| push_pop(w, p, |_, id| st.push(id), |m| m.popped.extend(st.pop())),
-        || drain_each(&mut remote, "drain_cpu", |c| st.drain_cpu(c), |id| drained.push(id)),
-    )?;
-    let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+    // (A stack push allocates its node: not for a signal handler.)
+    let in_child = || child_push_drain("stack", || st.drain_all(), || (st.push(u64::MAX), true).1, u64::MAX);
+    let hooks = Hooks { in_handler: None, in_child: Some(&in_child) };
+    let run = with_hooks(hooks, || {
+        drive(
+            cfg,
+            |w, p: &mut Pacer<'_>| push_pop(w, p, |_, id| st.push(id), |m| m.popped.extend(st.pop())),
+            || drain_each(&mut remote, "drain_cpu", |c| st.drain_cpu(c), |id| drained.push(id)),
+        )
+    })?;
+    let mut f = Found::of(&run);
     f.merge(remote);
     let mut left = Vec::new();
     drain_each(&mut f, "final drain_cpu", |c| st.drain_cpu(c), |id| left.push(id));
@@ -454,26 +538,54 @@ fn buffer<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     let buf = Buffer::<u64, I>::with_capacity(CAPACITY);
     let mut drained = Vec::new();
     let mut remote = Found::default();
-    let run = drive(
-        cfg,
-        |w, p: &mut Pacer<'_>| {
-            push_pop(
-                w,
-                p,
-                |m, id| {
-                    if let Err(back) = buf.push(Box::new(id)) {
-                        m.given_back.push(*back);
-                    }
-                },
-                |m| m.popped.extend(buf.pop().map(|b| *b)),
-            )
-        },
-        || drain_each(&mut remote, "drain_cpu", |c| buf.drain_cpu(c), |b| drained.push(*b)),
-    )?;
-    let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+    // --signal-ops: the handler gives back a box it kept, or pops one and pushes it back (keeping
+    // it when that fails); it only moves boxes, never allocates or frees.
+    let kept = Kept::new();
+    let keep = |item: Box<u64>| {
+        let p = Box::into_raw(item);
+        if !kept.put(p as u64) {
+            // SAFETY: not kept: still ours (leaked on purpose; the accounting reports it lost).
+            let _ = unsafe { Box::from_raw(p) };
+        }
+    };
+    let in_handler = || {
+        let item = match kept.take_one() {
+            // SAFETY: a kept word is a pointer from `Box::into_raw` in `keep`, taken out once.
+            Some(p) => Some(unsafe { Box::from_raw(p as *mut u64) }),
+            None => buf.pop(),
+        };
+        if let Some(item) = item
+            && let Err(item) = buf.push(item)
+        {
+            keep(item);
+        }
+    };
+    let in_child = || child_push_drain("buffer", || buf.drain_all(), || buf.push(Box::new(7)).is_ok(), Box::new(7));
+    let hooks = Hooks { in_handler: Some(&in_handler), in_child: Some(&in_child) };
+    let run = with_hooks(hooks, || {
+        drive(
+            cfg,
+            |w, p: &mut Pacer<'_>| {
+                push_pop(
+                    w,
+                    p,
+                    |m, id| {
+                        if let Err(back) = buf.push(Box::new(id)) {
+                            m.given_back.push(*back);
+                        }
+                    },
+                    |m| m.popped.extend(buf.pop().map(|b| *b)),
+                )
+            },
+            || drain_each(&mut remote, "drain_cpu", |c| buf.drain_cpu(c), |b| drained.push(*b)),
+        )
+    })?;
+    let mut f = Found::of(&run);
     f.merge(remote);
     let mut left = Vec::new();
     drain_each(&mut f, "final drain_cpu", |c| buf.drain_cpu(c), |b| left.push(*b));
+    // SAFETY: each kept word is a pointer from `Box::into_raw`, drained once.
+    left.extend(kept.drain().into_iter().map(|p| *unsafe { Box::from_raw(p as *mut u64) }));
     account("buffer", run.results, drained, left, &mut f);
     Ok(f)
 }
@@ -492,6 +604,11 @@ impl Item {
         Item(core::array::from_fn(|k| if k == 0 { id } else { mix(id, k) }))
     }
 
+    /// Whether every word matches its id (no allocation: for a signal handler).
+    fn is_whole(&self) -> bool {
+        (1..self.0.len()).all(|k| self.0[k] == mix(self.0[0], k))
+    }
+
     /// The id, or a description of the tear.
     fn id(&self, how: &str) -> Result<u64, String> {
         let id = self.0[0];
@@ -507,40 +624,61 @@ fn memcpy<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     let mut drained = Vec::new();
     let mut torn = Vec::new();
     let mut remote = Found::default();
-    let run = drive(
-        cfg,
-        |w, p: &mut Pacer<'_>| {
-            push_pop(
-                w,
-                p,
-                |m, id| {
-                    if let Err(back) = buf.push(Item::new(id)) {
-                        match back.id("given back") {
-                            Ok(id) => m.given_back.push(id),
-                            Err(e) => m.torn.push(e),
+    // --signal-ops: the handler gives back an item it kept (by id), or pops one, checks it and
+    // pushes it back (keeping its id when that fails). Ids are kept + 1 (never 0).
+    let kept = Kept::new();
+    let handler_torn = AtomicU64::new(0);
+    let in_handler = || {
+        let item = match kept.take_one() {
+            Some(id) => Some(Item::new(id - 1)),
+            None => buf.pop(),
+        };
+        if let Some(item) = item {
+            if !item.is_whole() {
+                handler_torn.fetch_add(1, Relaxed);
+            } else if let Err(item) = buf.push(item) {
+                let _ = kept.put(item.0[0] + 1);
+            }
+        }
+    };
+    let in_child = || child_push_drain("memcpy", || buf.drain_all(), || buf.push(Item::new(7)).is_ok(), Item::new(7));
+    let hooks = Hooks { in_handler: Some(&in_handler), in_child: Some(&in_child) };
+    let run = with_hooks(hooks, || {
+        drive(
+            cfg,
+            |w, p: &mut Pacer<'_>| {
+                push_pop(
+                    w,
+                    p,
+                    |m, id| {
+                        if let Err(back) = buf.push(Item::new(id)) {
+                            match back.id("given back") {
+                                Ok(id) => m.given_back.push(id),
+                                Err(e) => m.torn.push(e),
+                            }
                         }
-                    }
-                },
-                |m| match buf.pop().map(|item| item.id("popped")) {
-                    Some(Ok(id)) => m.popped.push(id),
-                    Some(Err(e)) => m.torn.push(e),
-                    None => {}
-                },
-            )
-        },
-        || {
-            drain_each(
-                &mut remote,
-                "drain_cpu",
-                |c| buf.drain_cpu(c),
-                |item| match item.id("drained") {
-                    Ok(id) => drained.push(id),
-                    Err(e) => torn.push(e),
-                },
-            )
-        },
-    )?;
-    let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+                    },
+                    |m| match buf.pop().map(|item| item.id("popped")) {
+                        Some(Ok(id)) => m.popped.push(id),
+                        Some(Err(e)) => m.torn.push(e),
+                        None => {}
+                    },
+                )
+            },
+            || {
+                drain_each(
+                    &mut remote,
+                    "drain_cpu",
+                    |c| buf.drain_cpu(c),
+                    |item| match item.id("drained") {
+                        Ok(id) => drained.push(id),
+                        Err(e) => torn.push(e),
+                    },
+                )
+            },
+        )
+    })?;
+    let mut f = Found::of(&run);
     f.merge(remote);
     let mut left = Vec::new();
     drain_each(
@@ -552,9 +690,13 @@ fn memcpy<I: Index>(cfg: &Config) -> std::io::Result<Found> {
             Err(e) => torn.push(e),
         },
     );
+    left.extend(kept.drain().into_iter().map(|id| id - 1));
     let mut results = run.results;
     for m in &mut results {
         torn.append(&mut m.torn);
+    }
+    if handler_torn.load(Relaxed) > 0 {
+        torn.push(format!("{} torn items popped in the signal handler", handler_torn.load(Relaxed)));
     }
     // One check for the integrity of every item copied out, then the item accounting.
     f.check(torn.is_empty(), || format!("memcpy: {} torn items; the first: {}", torn.len(), torn[0]));
@@ -658,7 +800,7 @@ fn remote<I: Index>(cfg: &Config) -> std::io::Result<Found> {
             }
         },
     )?;
-    let mut f = Found { ops: run.ops, remote_rounds: run.remote_rounds, ..Found::default() };
+    let mut f = Found::of(&run);
     f.merge(remote);
     let mut added = 0u64;
     for (a, errors) in run.results {

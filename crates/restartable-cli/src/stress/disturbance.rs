@@ -1,7 +1,15 @@
 //! Disturbances: what a stress run does to its workers besides letting them run. Delays inside
 //! every critical section (`--inject-point`), actions after every M-th operation of each worker
-//! (`--yield`, `--signal`, `--sleep-ms`, paced by `--every`), and threads beside the workers
-//! (`--affinity-churn`).
+//! (`--yield`, `--signal`, `--signal-ops`, `--sleep-ms`, paced by `--every`), and threads beside
+//! the workers (`--affinity-churn`, `--fork`).
+//!
+//! Two of them use the structure under test, through the [`Hooks`] a test arms for its run
+//! ([`with_hooks`]): `--signal-ops` makes the SIGUSR1 handler itself operate on the structure
+//! (the async-signal-safe operations: counter adds and takes, buffer and memcpy-buffer pops and
+//! pushes; the test counts them in its conservation check), and `--fork` forks children that
+//! check the structure in a process where only the forking thread exists (every guard that
+//! another thread held at the fork must be free there) and exit; a child that fails or hangs is
+//! a broken invariant.
 //!
 //! [`Disturbance`] is their one description. clap parses it (flattened into `stress`'s
 //! arguments), the harness runs it as it is (through the three hooks below), the matrix's
@@ -27,6 +35,7 @@
 //!      [`Disturbance::prepare`], undone in [`Disturbance::finish`].
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -66,6 +75,12 @@ pub struct Disturbance {
     #[arg(long, group = "periodic")]
     pub signal: bool,
 
+    /// Send SIGUSR1 at each disturbance (as --signal), with a handler that itself operates on
+    /// the structure under test (counter, buffer, memcpy: the async-signal-safe operations),
+    /// counted in conservation.
+    #[arg(long, group = "periodic")]
+    pub signal_ops: bool,
+
     /// Sleep this many milliseconds at each disturbance.
     #[arg(long, value_name = "MS", group = "periodic", value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub sleep_ms: Option<u64>,
@@ -73,6 +88,11 @@ pub struct Disturbance {
     /// Run a thread that keeps moving the workers between CPUs (sched_setaffinity).
     #[arg(long)]
     pub affinity_churn: bool,
+
+    /// Run a thread that forks children while the workers run: each child uses the structure
+    /// under test (only the forking thread exists there) and must exit 0 within 10 s.
+    #[arg(long)]
+    pub fork: bool,
 }
 
 /// A thread that runs beside a test's workers: its name and its body, which returns once the
@@ -116,6 +136,18 @@ impl Disturbance {
         self
     }
 
+    /// With a SIGUSR1 whose handler operates on the structure, at each periodic disturbance.
+    pub fn signal_ops(mut self) -> Disturbance {
+        self.signal_ops = true;
+        self
+    }
+
+    /// With the forking thread.
+    pub fn forks(mut self) -> Disturbance {
+        self.fork = true;
+        self
+    }
+
     /// With a sleep of `ms` milliseconds at each periodic disturbance.
     pub fn sleeps(mut self, ms: u64) -> Disturbance {
         self.sleep_ms = Some(ms);
@@ -135,7 +167,7 @@ impl Disturbance {
 
     /// Whether workers do something after every M-th operation.
     pub fn periodic(&self) -> bool {
-        self.yield_now || self.signal || self.sleep_ms.is_some()
+        self.yield_now || self.signal || self.signal_ops || self.sleep_ms.is_some()
     }
 
     /// M, when workers do something after every M-th operation.
@@ -160,11 +192,17 @@ impl Disturbance {
         if self.signal {
             a.push("--signal".into());
         }
+        if self.signal_ops {
+            a.push("--signal-ops".into());
+        }
         if let Some(ms) = self.sleep_ms {
             a.extend(["--sleep-ms".into(), ms.to_string()]);
         }
         if self.affinity_churn {
             a.push("--affinity-churn".into());
+        }
+        if self.fork {
+            a.push("--fork".into());
         }
         a
     }
@@ -194,9 +232,10 @@ impl Disturbance {
 
     /// Process-wide set-up before a run's first test: the SIGUSR1 handler, the injection point.
     pub fn prepare(&self) -> std::io::Result<()> {
-        if self.signal {
+        if self.signal || self.signal_ops {
             install_signal_handler()?;
         }
+        USE_HANDLER_HOOK.store(self.signal_ops, SeqCst);
         set_inject(self.injection());
         Ok(())
     }
@@ -211,7 +250,7 @@ impl Disturbance {
         if self.yield_now {
             std::thread::yield_now();
         }
-        if self.signal {
+        if self.signal || self.signal_ops {
             signal(p);
         }
         if let Some(ms) = self.sleep_ms {
@@ -225,14 +264,164 @@ impl Disturbance {
         if self.affinity_churn {
             v.push(Background { name: "stress-churn", body: churn });
         }
+        if self.fork {
+            v.push(Background { name: "stress-fork", body: forker });
+        }
         v
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// --signal
+// What a test lets the signal handler and forked children do with its structure.
 
-extern "C" fn on_sigusr1(_: libc::c_int) {}
+/// What `--signal-ops` and `--fork` do with the structure under test, armed for one run by
+/// [`with_hooks`].
+#[derive(Clone, Copy, Default)]
+pub struct Hooks<'a> {
+    /// Run by the SIGUSR1 handler (with `--signal-ops`): async-signal-safe operations only, and
+    /// the test must count what it does.
+    pub in_handler: Option<&'a (dyn Fn() + Sync)>,
+    /// Run in every forked child (with `--fork`): checks the structure, `Err` describes what is
+    /// broken. Without it the child checks that every CPU can be stopped.
+    pub in_child: Option<&'a (dyn Fn() -> Result<(), String> + Sync)>,
+}
+
+/// Whether this run arms the handler hook (`--signal-ops`).
+static USE_HANDLER_HOOK: AtomicBool = AtomicBool::new(false);
+/// The armed hooks: pointers to a `&dyn Fn` on the arming test's stack, or null.
+static HANDLER_HOOK: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
+static CHILD_HOOK: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
+/// Handlers running the hook right now (disarming waits for them).
+static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
+/// Runs of the handler hook, and forked children checked, in this process so far.
+static HANDLER_RUNS: AtomicU64 = AtomicU64::new(0);
+static FORKED: AtomicU64 = AtomicU64::new(0);
+
+/// How many times a signal handler has run a test's hook (`--signal-ops`) so far.
+pub fn handler_runs() -> u64 {
+    HANDLER_RUNS.load(SeqCst)
+}
+
+/// How many forked children have been checked (`--fork`) so far.
+pub fn forked() -> u64 {
+    FORKED.load(SeqCst)
+}
+
+/// Run `f` with `hooks` armed, then disarm them (waiting for any handler still using them).
+pub fn with_hooks<R>(hooks: Hooks<'_>, f: impl FnOnce() -> R) -> R {
+    let handler = hooks.in_handler;
+    let child = hooks.in_child;
+    if USE_HANDLER_HOOK.load(SeqCst)
+        && let Some(h) = &handler
+    {
+        HANDLER_HOOK.store((h as *const &(dyn Fn() + Sync)).cast_mut().cast(), SeqCst);
+    }
+    if let Some(c) = &child {
+        CHILD_HOOK.store((c as *const &(dyn Fn() -> Result<(), String> + Sync)).cast_mut().cast(), SeqCst);
+    }
+    struct Disarm;
+    impl Drop for Disarm {
+        fn drop(&mut self) {
+            HANDLER_HOOK.store(std::ptr::null_mut(), SeqCst);
+            CHILD_HOOK.store(std::ptr::null_mut(), SeqCst);
+            while IN_HANDLER.load(SeqCst) != 0 {
+                std::thread::yield_now();
+            }
+        }
+    }
+    let _disarm = Disarm;
+    f()
+}
+
+// ---------------------------------------------------------------------------------------------
+// --fork
+
+/// Fork a child that runs the test's child hook (or stops every CPU) and `_exit`s, wait for it
+/// (at most 10 s) and count it as a check; again every 10 ms until the workers are done (at least
+/// once per test).
+fn forker(threads: &Threads) {
+    loop {
+        // SAFETY: the child only runs the hook (which uses the structure: allocation through
+        // glibc's malloc is safe after fork) and `_exit`s without unwinding or flushing anything.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            threads.fail(format!("fork failed: {}", std::io::Error::last_os_error()));
+            return;
+        }
+        if pid == 0 {
+            let code = match in_forked_child() {
+                Ok(()) => 0,
+                Err(_) => 3,
+            };
+            // SAFETY: ends the child at once (no destructors of the parent's state).
+            unsafe { libc::_exit(code) };
+        }
+        FORKED.fetch_add(1, SeqCst);
+        match wait_for(pid, Duration::from_secs(10)) {
+            Some(0) => threads.pass(),
+            Some(code) => threads.fail(format!("fork: a child failed its check (exit status {code})")),
+            None => threads.fail("fork: a child hung for 10 s (killed): a guard held at the fork?".into()),
+        }
+        if threads.finished() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The check of a forked child.
+fn in_forked_child() -> Result<(), String> {
+    let hook = CHILD_HOOK.load(SeqCst);
+    if !hook.is_null() {
+        // SAFETY: an armed hook points to a live `&dyn Fn` (the arming test outlives its run, and
+        // this child is a copy of the process taken while it was armed).
+        let hook = unsafe { &*hook.cast::<&(dyn Fn() -> Result<(), String> + Sync)>() };
+        return hook();
+    }
+    for cpu in 0..restartable::guard::limit() {
+        drop(restartable::guard::stop::<restartable::ops::Cpu>(cpu).map_err(|e| e.to_string())?);
+    }
+    Ok(())
+}
+
+/// The exit code of child `pid`, or `None` if it had to be killed after `deadline`.
+fn wait_for(pid: libc::pid_t, deadline: Duration) -> Option<i32> {
+    let start = std::time::Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: `pid` is our child; `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return Some(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 });
+        }
+        if start.elapsed() > deadline {
+            // SAFETY: signals and reaps our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// --signal, --signal-ops
+
+/// The SIGUSR1 handler: runs the armed handler hook (with `--signal-ops`), else nothing.
+extern "C" fn on_sigusr1(_: libc::c_int) {
+    IN_HANDLER.fetch_add(1, SeqCst);
+    let hook = HANDLER_HOOK.load(SeqCst);
+    if !hook.is_null() {
+        // SAFETY: an armed hook points to a live `&dyn Fn` until `with_hooks` disarms it, which
+        // waits for `IN_HANDLER` to drop back to zero first.
+        let hook = unsafe { &*hook.cast::<&(dyn Fn() + Sync)>() };
+        hook();
+        HANDLER_RUNS.fetch_add(1, SeqCst);
+    }
+    IN_HANDLER.fetch_sub(1, SeqCst);
+}
 
 /// Install the empty SIGUSR1 handler (once per process, before any signal is sent).
 fn install_signal_handler() -> std::io::Result<()> {
@@ -336,8 +525,10 @@ mod tests {
             every: Some(7),
             yield_now: true,
             signal: true,
+            signal_ops: true,
             sleep_ms: Some(0),
             affinity_churn: true,
+            fork: true,
         }
     }
 
@@ -370,18 +561,31 @@ mod tests {
             j,
             json!({
                 "inject_point": 5, "inject_loops": 100, "every": 7, "yield": true, "signal": true,
-                "sleep_ms": 0, "affinity_churn": true,
+                "signal_ops": true, "sleep_ms": 0, "affinity_churn": true, "fork": true,
             })
         );
         let m = full().json();
         let keys: Vec<&str> = m.keys().map(String::as_str).collect();
-        assert_eq!(keys, ["inject_point", "inject_loops", "every", "yield", "signal", "sleep_ms", "affinity_churn"]);
+        assert_eq!(
+            keys,
+            [
+                "inject_point",
+                "inject_loops",
+                "every",
+                "yield",
+                "signal",
+                "signal_ops",
+                "sleep_ms",
+                "affinity_churn",
+                "fork"
+            ]
+        );
         let j = Value::Object(Disturbance::none().json());
         assert_eq!(
             j,
             json!({
                 "inject_point": null, "inject_loops": null, "every": null, "yield": false, "signal": false,
-                "sleep_ms": null, "affinity_churn": false,
+                "signal_ops": false, "sleep_ms": null, "affinity_churn": false, "fork": false,
             })
         );
     }
@@ -392,6 +596,9 @@ mod tests {
         assert_eq!(d.injection(), Some((2, 30)));
         assert_eq!(d.period(), Some(9));
         assert!(d.yield_now && d.signal && d.affinity_churn && d.sleep_ms == Some(1));
+        assert_eq!(d.background().len(), 1);
+        let d = Disturbance::none().signal_ops().forks();
+        assert!(d.signal_ops && d.fork && d.period() == Some(DEFAULT_EVERY));
         assert_eq!(d.background().len(), 1);
         assert!(Disturbance::none().background().is_empty() && Disturbance::none().period().is_none());
     }

@@ -3,7 +3,8 @@
 //! the workers from their first operation to their last, and the disturbances' own threads
 //! beside them (see [`super::disturbance`], which owns everything a disturbance does).
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use super::Config;
@@ -18,6 +19,10 @@ pub struct Threads {
     remote_started: AtomicBool,
     /// Workers still running.
     running: AtomicUsize,
+    /// Checks made by the disturbances' threads that held.
+    passed: AtomicU64,
+    /// Broken invariants found by the disturbances' threads.
+    failures: Mutex<Vec<String>>,
 }
 
 impl Threads {
@@ -39,6 +44,16 @@ impl Threads {
     /// Whether the last worker has finished.
     pub fn finished(&self) -> bool {
         self.done.load(SeqCst)
+    }
+
+    /// A check made beside the workers held.
+    pub fn pass(&self) {
+        self.passed.fetch_add(1, Relaxed);
+    }
+
+    /// A check made beside the workers failed.
+    pub fn fail(&self, msg: String) {
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(msg);
     }
 }
 
@@ -139,6 +154,10 @@ pub struct Run<R> {
     pub ops: u64,
     /// Rounds of the remote closure.
     pub remote_rounds: u64,
+    /// Checks made by the disturbances' threads that held.
+    pub checks_passed: u64,
+    /// Broken invariants the disturbances' threads found.
+    pub failures: Vec<String>,
 }
 
 /// One step of a xorshift64 sequence (never 0 from a non-zero state).
@@ -166,6 +185,8 @@ pub fn drive<R: Send>(
         done: AtomicBool::new(false),
         remote_started: AtomicBool::new(false),
         running: AtomicUsize::new(cfg.threads),
+        passed: AtomicU64::new(0),
+        failures: Mutex::new(Vec::new()),
     };
     let shared = &shared;
     let work = &work;
@@ -251,7 +272,8 @@ pub fn drive<R: Send>(
         }
         Ok((out, ops))
     })?;
-    Ok(Run { results, ops, remote_rounds })
+    let failures = std::mem::take(&mut *shared.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    Ok(Run { results, ops, remote_rounds, checks_passed: shared.passed.load(Relaxed), failures })
 }
 
 fn gettid() -> i32 {

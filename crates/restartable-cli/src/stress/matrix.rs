@@ -45,6 +45,9 @@ fn groups(size: MatrixArg) -> Vec<Group> {
             g.push(group("inject 5 + signal", none().inject(5, 20_000).signals().every(32)));
             g.push(group("inject 3 + yield + churn", none().inject(3, 20_000).yields().every(16).churns()));
             g.push(group("inject 8 + signal + sleep", none().inject(8, 20_000).signals().sleeps(1).every(256)));
+            g.push(group("signal ops", none().signal_ops().every(16)));
+            g.push(group("inject 5 + signal ops", none().inject(5, 20_000).signal_ops().every(32)));
+            g.push(group("fork", none().forks()));
         }
         MatrixArg::Full => {
             for k in 1..=8 {
@@ -75,6 +78,15 @@ fn groups(size: MatrixArg) -> Vec<Group> {
             g.push(group("inject 5 + everything", none().inject(5, 20_000).signals().yields().churns().every(16)));
             g.push(group("sleep + signal", none().sleeps(1).signals().every(128)));
             g.push(group("inject 7 + sleep", none().inject(7, 100_000).sleeps(1).every(128)));
+            for m in [4, 64] {
+                g.push(group(format!("signal ops /{m}"), none().signal_ops().every(m)));
+            }
+            for k in [4, 5, 8] {
+                g.push(group(format!("inject {k} + signal ops"), none().inject(k, 20_000).signal_ops().every(16)));
+            }
+            g.push(group("fork", none().forks()));
+            g.push(group("fork + signal ops + churn", none().forks().signal_ops().every(32).churns()));
+            g.push(group("inject 8 + fork", none().inject(8, 20_000).forks()));
         }
     }
     g

@@ -20,6 +20,10 @@ pub struct TestReport {
     pub slow_path_uses: u64,
     /// Op vectors run during the test.
     pub opv_runs: u64,
+    /// Operations done by a signal handler on the structure (`--signal-ops`).
+    pub handler_ops: u64,
+    /// Forked children that checked the structure (`--fork`).
+    pub forks: u64,
     /// Its wall time.
     pub seconds: f64,
 }
@@ -86,6 +90,8 @@ impl Report {
                     "aborts": t.aborts,
                     "slow_path_uses": t.slow_path_uses,
                     "opv_runs": t.opv_runs,
+                    "handler_ops": t.handler_ops,
+                    "forks": t.forks,
                     "seconds": t.seconds,
                     "failures": t.found.failures,
                     "reproduce": (!t.ok()).then(|| cfg.command(Some(t.test))),
