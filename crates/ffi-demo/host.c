@@ -7,8 +7,8 @@
  *        (each add counted once; each pushed id popped, drained or handed back exactly once);
  *     3. time rs_counter_add_n (a loop inside the library) and print ns per add;
  *     4. free everything and dlclose the library while the 4 threads are still alive, each
- *        having just run a critical section (so its rseq_cs may still point at a descriptor in
- *        the library), blocked in the kernel;
+ *        asleep in the kernel right after a critical section (so its rseq_cs still points at a
+ *        descriptor in the library);
  *     5. release them and run for 1 second under preemption (more busy threads than CPUs,
  *        sched_yield) and a signal storm (SIGALRM from setitimer every 100 us, SIGUSR1 to each
  *        thread with pthread_kill): a thread whose rseq_cs pointed at unmapped memory would be
@@ -130,7 +130,7 @@ static const char *owner(int r) { return r == 1 ? "glibc" : r == 2 ? "own" : "un
 
 static void *counter, *stack, *buffer;
 static pthread_barrier_t used, closed;
-static atomic_int stop;
+static atomic_int stop, ready;
 static atomic_ulong signals, yields;
 
 struct worker {
@@ -161,12 +161,15 @@ static void *worker_main(void *arg) {
             if (api.buffer_pop(buffer, &v)) w->buffer_popped[w->n_buffer_popped++] = v;
         }
     }
-    /* The last thing this thread does in the library is a critical section: its rseq_cs now
-     * points at a descriptor inside the library (the kernel clears it only lazily). */
-    api.counter_add_n(counter, 1, LAST_ADDS);
     pthread_barrier_wait(&used);
-    /* Blocked in the kernel while the main thread dlcloses the library; the return to user
-     * space after the wake-up makes the kernel look at rseq_cs. */
+    /* The last thing this thread does in the library is a critical section, after the wake-up
+     * above (a return from the kernel after a sleep, which lets the kernel clear rseq_cs):
+     * its rseq_cs now points at a descriptor inside the library, and the kernel clears it only
+     * lazily, on the thread's next preemption, migration or signal. */
+    api.counter_add_n(counter, 1, LAST_ADDS);
+    atomic_fetch_add_explicit(&ready, 1, memory_order_release);
+    /* Asleep in the kernel while the main thread dlcloses the library; the return to user
+     * space after the wake-up makes the kernel read the descriptor rseq_cs names. */
     pthread_barrier_wait(&closed);
     unsigned long n = 0;
     volatile uint64_t x = 0;
@@ -232,8 +235,10 @@ static int full_check(const char *path) {
         }
     }
     pthread_barrier_wait(&used);
+    struct timespec ms = {0, 1000000};
+    while (atomic_load_explicit(&ready, memory_order_acquire) < THREADS) nanosleep(&ms, NULL);
 
-    /* Every worker is done with the library and blocked. Check the totals exactly. */
+    /* Every worker is done with the library (or about to block). Check the totals exactly. */
     uint64_t expected = (uint64_t)THREADS * LAST_ADDS;
     for (uint64_t id = 0; id < TOTAL; id++) expected += id % 5 + 1;
     uint64_t sum = api.counter_sum(counter), taken = api.counter_take(counter),

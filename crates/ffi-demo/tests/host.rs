@@ -99,3 +99,16 @@ fn c_host_with_own_registration() {
         check(&out, &stdout, expected(true));
     }
 }
+
+/// The cdylib carries the same tool metadata as an executable (issue 9 item 5): every
+/// descriptor in `__rseq_cs_ptr_array`, every exit in `__rseq_exit_point_array`, relocated.
+#[test]
+fn cdylib_lists_every_descriptor_and_every_exit() {
+    let lib = support::library();
+    let elf = testkit::elf::RseqElf::read(&lib).unwrap_or_else(|e| panic!("{e}"));
+    let problems = elf.tool_metadata_problems();
+    assert!(problems.is_empty(), "{}: {} problems:\n{}", lib.display(), problems.len(), problems.join("\n"));
+    // The counter's add, the stack's push and pop, the buffer's push and pop at least.
+    assert!(elf.descriptors.len() >= 5, "{} descriptors", elf.descriptors.len());
+    println!("{}: {} descriptors, {} exit points", lib.display(), elf.descriptors.len(), elf.exit_points.len());
+}
