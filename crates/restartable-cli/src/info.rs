@@ -153,6 +153,55 @@ mod tests {
         assert!(n["errno"].is_null() && n["errno_name"].is_null());
     }
 
+    /// The child side of `info_says_another_registration_exists`: register an rseq area that is
+    /// not the library's for this thread (as another library would), before the library's first
+    /// use, then run `info` and `info --json` as the binary does.
+    #[test]
+    fn child_info_with_foreign_registration() {
+        if !testkit::is_child() {
+            return;
+        }
+        let area: &'static mut restartable::abi::Rseq = Box::leak(Box::new(restartable::abi::Rseq {
+            cpu_id: restartable::abi::CPU_ID_UNINITIALIZED,
+            ..Default::default()
+        }));
+        // SAFETY: a 32-byte, 32-byte-aligned area, leaked: valid (and used for nothing else)
+        // until the thread exits, when the kernel stops writing it.
+        unsafe { restartable::sys::rseq(area, 32, 0, restartable::abi::RSEQ_SIG) }.expect("the first registration");
+        run(&Args { json: false }).expect("info");
+        run(&Args { json: true }).expect("info --json");
+    }
+
+    /// Our registration refused with EINVAL because another registration exists (glibc's is
+    /// off, so only the foreign one): `info` says so, in text and in JSON.
+    #[test]
+    fn info_says_another_registration_exists() {
+        if testkit::is_child() {
+            return;
+        }
+        let out = testkit::run_self_as_child(
+            "info::tests::child_info_with_foreign_registration",
+            &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0"), ("RESTARTABLE_FORCE_DEGRADED", "0")],
+            &[],
+        );
+        assert!(out.status.success(), "{}", testkit::describe(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let another = "EINVAL: another rseq area is already registered for this thread";
+        for line in [
+            format!("rseq area       unavailable ({another}"),
+            format!("mode            degraded: rseq unavailable ({another}"),
+        ] {
+            assert!(stdout.lines().any(|l| l.starts_with(&line)), "no line {line:?}: {}", testkit::describe(&out));
+        }
+        let json = stdout.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON: {stdout}"));
+        let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+        let r = &v["registration"];
+        assert_eq!((r["owner"].as_str(), r["errno_name"].as_str()), (Some("unavailable"), Some("EINVAL")), "{v}");
+        assert!(r["reason"].as_str().is_some_and(|s| s.starts_with("another rseq area is already registered")), "{v}");
+        assert_eq!((v["mode"]["kind"].as_str(), v["mode"]["why"].as_str()), (Some("degraded"), Some("no_rseq")), "{v}");
+        assert_eq!(v["mode"]["errno_name"], "EINVAL", "{v}");
+    }
+
     #[test]
     fn modes() {
         assert_eq!(mode_json(&Mode::Fast)["kind"], "fast");

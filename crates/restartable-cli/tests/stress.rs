@@ -4,7 +4,6 @@
 //! reproduce line, and a tiny matrix. Also: the critical sections of the shipped binary contain
 //! no delay-injection code unless it was built with the library's `inject` feature.
 
-use std::collections::HashMap;
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -433,7 +432,7 @@ fn the_matrix_names_the_failing_configuration() {
 // constant in the file; `start_ip` and `abort_ip` are addresses, which in a position-
 // independent executable are filled in at load time by R_X86_64_RELATIVE relocations (the file
 // holds zeros there), so we take them from the relocation addends (or the file bytes for a
-// non-PIE binary). We check the descriptors are sane (the signature sits in the 4 bytes before
+// non-PIE binary): `testkit::elf` does that, for this test and for the tool-metadata test. We check the descriptors are sane (the signature sits in the 4 bytes before
 // every abort_ip), then scan the bytes of every section, [start_ip, start_ip +
 // post_commit_offset), for the injection loop the `inject` feature compiles in at each point:
 //
@@ -469,46 +468,19 @@ struct Section {
 }
 
 fn rseq_sections(path: &str) -> (Vec<Section>, bool) {
-    use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
-
-    let data = std::fs::read(path).expect("read the binary");
-    let file = object::File::parse(&*data).expect("parse the ELF binary");
-    let cs = file.section_by_name("__rseq_cs").expect("the binary has critical sections (__rseq_cs)");
-    let (cs_addr, cs_data) = (cs.address(), cs.data().expect("__rseq_cs data"));
-    assert_eq!(cs_data.len() % 32, 0, "__rseq_cs holds 32-byte descriptors");
-    // Relocated words of __rseq_cs: address -> addend (R_X86_64_RELATIVE has no symbol).
-    let mut relocated = HashMap::new();
-    if let Some(relocs) = file.dynamic_relocations() {
-        for (at, r) in relocs {
-            if (cs_addr..cs_addr + cs_data.len() as u64).contains(&at)
-                && matches!(r.target(), RelocationTarget::Absolute | RelocationTarget::Symbol(_))
-            {
-                relocated.insert(at, r.addend() as u64);
-            }
-        }
-    }
-    let word = |off: usize| -> u64 {
-        let at = cs_addr + off as u64;
-        relocated.get(&at).copied().unwrap_or_else(|| u64::from_le_bytes(cs_data[off..off + 8].try_into().unwrap()))
-    };
-    let code = |addr: u64, len: u64| -> &[u8] {
-        let s = file
-            .sections()
-            .find(|s| (s.address()..s.address() + s.size()).contains(&addr))
-            .unwrap_or_else(|| panic!("no section holds address {addr:#x}"));
-        let d = s.data().expect("section data");
-        let off = (addr - s.address()) as usize;
-        &d[off..off + len as usize]
-    };
+    let elf = testkit::elf::RseqElf::read(path).unwrap_or_else(|e| panic!("{e}"));
     let mut out = Vec::new();
-    for d in (0..cs_data.len()).step_by(32) {
-        let (version, flags) = (&cs_data[d..d + 4], &cs_data[d + 4..d + 8]);
-        assert_eq!((version, flags), (&[0u8; 4][..], &[0u8; 4][..]), "descriptor {d}: version and flags are 0");
-        let (start, len, abort) = (word(d + 8), word(d + 16), word(d + 24));
-        assert!(start != 0 && abort != 0 && len > 0 && len < 4096, "descriptor at {d}: {start:#x} {len} {abort:#x}");
-        let sig = code(abort - 4, 4);
+    for d in &elf.descriptors {
+        assert_eq!((d.version, d.flags), (0, 0), "descriptor {:#x}: version and flags are 0", d.addr);
+        let (start, len, abort) = (d.start_ip, d.post_commit_offset, d.abort_ip);
+        assert!(
+            start != 0 && abort != 0 && len > 0 && len < 4096,
+            "descriptor {:#x}: {start:#x} {len} {abort:#x}",
+            d.addr
+        );
+        let sig = elf.bytes(abort - 4, 4).unwrap_or_else(|| panic!("no section holds address {:#x}", abort - 4));
         assert_eq!(sig, 0x5305_3053u32.to_le_bytes(), "the signature precedes abort_ip {abort:#x}");
-        let bytes = code(start, len);
+        let bytes = elf.bytes(start, len).unwrap_or_else(|| panic!("no section holds [{start:#x}, +{len})"));
         let loops = bytes
             .windows(6)
             .filter(|w| {
@@ -520,8 +492,7 @@ fn rseq_sections(path: &str) -> (Vec<Section>, bool) {
             .count();
         out.push(Section { start, len, loops });
     }
-    let inject_symbol = file.symbols().any(|s| s.name().is_ok_and(|n| n.contains("inject") && n.contains("LOOPS")));
-    (out, inject_symbol)
+    (out, elf.inject_symbol)
 }
 
 #[test]

@@ -33,6 +33,20 @@
 //! - [`retry`]: the driver that runs an op's fast path and falls back to its slow path, for
 //!   raw ops and for every collection.
 //!
+//! # Kinds of binaries
+//!
+//! Dynamic and static executables and `cdylib`s all run fast paths. glibc's rseq area is found
+//! through weak references to `__rseq_offset` / `__rseq_size` (resolved at link time in a static
+//! binary, where `dlsym` sees nothing); without glibc's registration each thread registers the
+//! library's own area, in static TLS. A library built on this crate and loaded with `dlopen` is
+//! never unmapped: an ELF constructor pins the object that contains it
+//! (`dlopen(self, RTLD_NOLOAD | RTLD_NODELETE)`), because a thread's `rseq_cs` keeps naming the
+//! last descriptor it used until the kernel clears it lazily, reading the descriptor first, and a
+//! descriptor unmapped by `dlclose` would make the kernel kill the process with `SIGSEGV`.
+//! Clearing every thread's `rseq_cs` at unload instead would mean writing other threads' areas
+//! while they may be inside a section; pinning cannot miss a thread. (`crates/ffi-demo` in the
+//! repository proves it from a C host.)
+//!
 //! With the `inject` feature, delay loops are compiled into every critical section at numbered
 //! points (the `inject` module), for tests and `restartable stress`; normal builds have none.
 

@@ -1,5 +1,6 @@
-//! rseq refused by a seccomp filter (ENOSYS: "no such system call", EPERM: "forbidden"), and
-//! glibc told not to register (`GLIBC_TUNABLES=glibc.pthread.rseq=0`).
+//! rseq refused by a seccomp filter (ENOSYS: "no such system call", EPERM: "forbidden"), glibc
+//! told not to register (`GLIBC_TUNABLES=glibc.pthread.rseq=0`), and our registration refused
+//! with EINVAL because someone else registered an area for the thread first.
 //!
 //! Each parent test re-runs this binary with one child-side test selected
 //! ([`testkit::run_self_as_child`]); the filter is installed before `exec`, so glibc's own
@@ -173,6 +174,64 @@ fn glibc_rseq_off_uses_own_registration() {
     assert!(out.status.success(), "{}", testkit::describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("CHILD-OK own registration"), "{}", testkit::describe(&out));
+    assert!(stdout.contains("1 passed"), "the child ran no test: {}", testkit::describe(&out));
+    stdout.lines().filter(|l| l.contains("CHILD-OK")).for_each(|l| println!("child: {l}"));
+}
+
+/// Register an rseq area that is not the library's for the calling thread, as another library
+/// would (a leaked 32-byte area, our signature): the kernel allows one area per thread.
+fn register_foreign_area() -> std::io::Result<()> {
+    let area: &'static mut restartable::abi::Rseq = Box::leak(Box::new(restartable::abi::Rseq {
+        cpu_id: restartable::abi::CPU_ID_UNINITIALIZED,
+        ..Default::default()
+    }));
+    // SAFETY: a 32-byte, 32-byte-aligned area that is leaked, so it stays valid (and is used for
+    // nothing else) until the thread exits, when the kernel stops writing it.
+    unsafe { restartable::sys::rseq(area, 32, 0, restartable::abi::RSEQ_SIG) }
+}
+
+/// Another registration exists on the thread that decides the mode (glibc's is off): our own
+/// registration gets EINVAL, and the report says why, in words.
+#[test]
+fn child_foreign_registration() {
+    if !testkit::is_child() {
+        return;
+    }
+    register_foreign_area().expect("the first registration of this thread succeeds");
+    let s = restartable::status();
+    let Registration::Unavailable(u) = &s.registration else { panic!("expected Unavailable, got {s}") };
+    assert_eq!(u.errno, Some(libc::EINVAL), "{s}");
+    assert!(u.reason.starts_with("another rseq area is already registered for this thread"), "{s}");
+    assert!(matches!(restartable::mode(), Mode::Degraded(Degraded::NoRseq(n)) if n == u), "{s}");
+    let text = s.to_string();
+    assert!(text.contains("EINVAL: another rseq area is already registered for this thread"), "{text}");
+
+    // Degraded, and still exact: 4 threads (each of which registers its own area: only this
+    // one has a foreign one), every add counted.
+    let c = restartable::Counter::new();
+    std::thread::scope(|sc| {
+        for _ in 0..4 {
+            sc.spawn(|| (0..10_000).for_each(|_| c.add(3)));
+        }
+    });
+    assert_eq!((c.sum(), c.take(), c.sum()), (120_000, 120_000, 0));
+    println!("CHILD-OK foreign registration: {}", s.registration);
+}
+
+#[test]
+fn foreign_registration_is_reported() {
+    if testkit::is_child() {
+        return;
+    }
+    let out =
+        testkit::run_self_as_child("child_foreign_registration", &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")], &[]);
+    assert!(out.status.success(), "{}", testkit::describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("CHILD-OK foreign registration: unavailable (EINVAL: another rseq area"),
+        "{}",
+        testkit::describe(&out)
+    );
     assert!(stdout.contains("1 passed"), "the child ran no test: {}", testkit::describe(&out));
     stdout.lines().filter(|l| l.contains("CHILD-OK")).for_each(|l| println!("child: {l}"));
 }

@@ -4,6 +4,8 @@
 //!   answers chosen system calls with a chosen errno, so tests can see how code behaves where a
 //!   system call is missing (`ENOSYS`) or forbidden (`EPERM`).
 //! * [`run_self_as_child`] re-runs one test of the current test binary in such a child.
+//! * [`elf::RseqElf`] reads a binary's rseq metadata (`__rseq_cs`, `__rseq_cs_ptr_array`,
+//!   `__rseq_exit_point_array`), relocated, as debuggers and tracers do.
 //!
 //! The filter is installed between `fork` and `exec`, so it is in force *before* the dynamic
 //! loader and the C library start in the child: glibc's own rseq registration of the main
@@ -19,6 +21,8 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+
+pub mod elf;
 
 use std::io;
 use std::os::unix::process::CommandExt;
