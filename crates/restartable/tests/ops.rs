@@ -317,3 +317,29 @@ fn mm_cid_is_available_on_this_kernel() {
     }
     let _ = (R, Release);
 }
+
+/// A build with the portable architecture module (`--cfg restartable_portable`, which CI runs the
+/// library's tests with on x86_64) has no critical sections: degraded mode, whatever the kernel
+/// offers, every op `Stopped` and storing nothing, and every collection still exact (the rest of
+/// the suite runs in this build too).
+#[test]
+fn portable_build_has_no_fast_path() {
+    if !cfg!(restartable_portable) {
+        return;
+    }
+    assert_eq!(*restartable::mode(), restartable::Mode::Degraded(restartable::Degraded::Portable));
+    assert!(matches!(restartable::registration(), restartable::Registration::Unavailable(_)));
+    let v = AtomicUsize::new(7);
+    let cpu = restartable::current_cpu();
+    assert!(cpu < restartable::possible_cpus());
+    // SAFETY: `v` is a live local that only this thread touches.
+    assert_eq!(unsafe { ops::load_add_store::<Cpu>(&v, 1, cpu) }, Outcome::Stopped);
+    assert_eq!(v.load(Relaxed), 7);
+    let c = restartable::Counter::new();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| (0..10_000).for_each(|_| c.add(1)));
+        }
+    });
+    assert_eq!(c.take(), 40_000);
+}

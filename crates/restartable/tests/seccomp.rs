@@ -13,6 +13,12 @@
 //!    the filter refuses with its errno;
 //! 3. the calling thread (and every other) reports `Registration::Unavailable` with that errno,
 //!    the process runs in degraded mode, and every op returns `Stopped` without touching memory.
+//!
+//! (All about rseq registration, which a build with the portable architecture module, built
+//! with `--cfg restartable_portable`, never attempts: there this file compiles to nothing, and
+//! `tests/ops.rs` checks that build's mode instead.)
+
+#![cfg(not(restartable_portable))]
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 

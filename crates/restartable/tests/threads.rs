@@ -70,13 +70,15 @@ fn thousand_threads_glibc_or_own() {
 #[test]
 fn thousand_threads_own_area() {
     if std::env::var_os("RESTARTABLE_CHILD").is_some() {
-        assert!(matches!(restartable::status().registration, Registration::Own { .. }), "own area expected");
+        // (A portable build registers nothing: there the churn and the counts are the test.)
+        let own = !cfg!(restartable_portable);
+        assert!(!own || matches!(restartable::status().registration, Registration::Own { .. }), "own area expected");
         check_churn();
         // A thread that exits by panicking leaves nothing registered behind: the next threads
         // (which may reuse its stack and static TLS) register afresh and count exactly.
         let registered = restartable::own_registrations();
         let r = std::thread::spawn(move || {
-            assert!(matches!(restartable::registration(), Registration::Own { .. }));
+            assert!(!own || matches!(restartable::registration(), Registration::Own { .. }));
             panic!("deliberate panic with a registered area");
         })
         .join();
@@ -88,7 +90,8 @@ fn thousand_threads_own_area() {
             });
         }
         assert_eq!(counter.sum(), 40_000);
-        assert_eq!(restartable::own_registrations(), registered + 5, "one registration per new thread");
+        let expected = if own { registered + 5 } else { registered };
+        assert_eq!(restartable::own_registrations(), expected, "one registration per new thread");
         return;
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
