@@ -111,4 +111,10 @@ no_sections! {
     cbne_store_store(v: *mut usize, expect: usize, v2: *mut usize, new2: usize, new: usize);
     cbne_memcpy_store(v: *mut usize, expect: usize, dst: *mut u8, src: *const u8, len: usize, new: usize);
     add_unguarded(v: *mut usize, count: usize);
+    walk_pop(v: *mut usize, max: usize, off: usize, out_first: *mut usize, out_n: *mut usize);
+    list_push(head: *mut usize, first: usize, tail_next: *mut usize);
+    ring_push_word(count: *mut usize, cap: usize, value: usize);
+    ring_pop_word(count: *mut usize, out: *mut usize);
+    ring_push_bytes(count: *mut usize, cap: usize, src: *const u8, size: usize);
+    ring_pop_bytes(count: *mut usize, dst: *mut u8, size: usize);
 }

@@ -387,6 +387,216 @@ pub(crate) unsafe fn add_indirect<F: Field>(at: At, p: *mut usize, off: usize, c
     Outcome::Committed
 }
 
+/// `r = *v; n = 0; while r != 0 && n < max { r = *(r + off); n += 1 }; *out_first = *v;
+/// *out_n = n; *v = r` — unlink up to `max` nodes from the front of a list in one section
+/// (batch pop). `*out_first` and `*out_n` are written before the commit (also when the section
+/// then aborts).
+#[inline(always)]
+pub(crate) unsafe fn walk_pop<F: Field>(
+    at: At,
+    v: *mut usize,
+    max: usize,
+    off: usize,
+    out_first: *mut usize,
+    out_n: *mut usize,
+) -> Outcome {
+    // SAFETY: the contract above.
+    unsafe {
+        section!(F::FIELD, at, [
+            "mov {r}, qword ptr [{v}]",
+            "mov qword ptr [{out_first}], {r}",
+            "xor {n:e}, {n:e}",
+            "2:",
+            "test {r}, {r}",
+            "jz 3f",
+            "cmp {n}, {max}",
+            "jae 3f",
+            point!(4),
+            "mov {r}, qword ptr [{r} + {off}]",
+            "inc {n}",
+            "jmp 2b",
+            "3:",
+            "mov qword ptr [{out_n}], {n}",
+            point!(5),
+            "mov qword ptr [{v}], {r}",
+        ], [
+            v = in(reg) v, max = in(reg) max, off = in(reg) off, out_first = in(reg) out_first,
+            out_n = in(reg) out_n, r = out(reg) _, n = out(reg) _,
+        ]);
+    }
+    Outcome::Committed
+}
+
+/// `h = *head; *tail_next = h; *head = first` — list push of a private chain (`first` ..
+/// the node whose `next` is `tail_next`; one node: `tail_next` is `first`'s own), all inside the
+/// section: the chain is private until the commit publishes it, so nothing is compared.
+#[inline(always)]
+pub(crate) unsafe fn list_push<F: Field>(at: At, head: *mut usize, first: usize, tail_next: *mut usize) -> Outcome {
+    // SAFETY: the contract above.
+    unsafe {
+        section!(F::FIELD, at, [
+            "mov {h}, qword ptr [{head}]",
+            point!(4),
+            "mov qword ptr [{tail}], {h}",
+            point!(5),
+            "mov qword ptr [{head}], {first}",
+        ], [
+            head = in(reg) head, first = in(reg) first, tail = in(reg) tail_next, h = out(reg) _,
+        ]);
+    }
+    Outcome::Committed
+}
+
+/// Ring push of one word: `c = *count; if c >= cap { CompareFailed /* full */ }; items[c] =
+/// value; *count = c + 1`, the items (words) right after the count.
+#[inline(always)]
+pub(crate) unsafe fn ring_push_word<F: Field>(at: At, count: *mut usize, cap: usize, value: usize) -> Outcome {
+    // SAFETY: the contract above.
+    unsafe {
+        section!(F::FIELD, at, [
+            "mov {c}, qword ptr [{count}]",
+            "cmp {c}, {cap}",
+            "jae {cmpfail}",
+            exit_point!("cmpfail"),
+            point!(4),
+            "mov qword ptr [{count} + {c} * 8 + 8], {value}",
+            "add {c}, 1",
+            point!(5),
+            "mov qword ptr [{count}], {c}",
+        ], [
+            count = in(reg) count, cap = in(reg) cap, value = in(reg) value, c = out(reg) _,
+            cmpfail = label { return Outcome::CompareFailed },
+        ]);
+    }
+    Outcome::Committed
+}
+
+/// Ring pop of one word: `c = *count; if c == 0 { CompareFailed /* empty */ }; *out =
+/// items[c - 1]; *count = c - 1` (`*out` is written before the commit).
+#[inline(always)]
+pub(crate) unsafe fn ring_pop_word<F: Field>(at: At, count: *mut usize, out: *mut usize) -> Outcome {
+    // SAFETY: the contract above.
+    unsafe {
+        section!(F::FIELD, at, [
+            "mov {c}, qword ptr [{count}]",
+            "test {c}, {c}",
+            "jz {cmpfail}",
+            exit_point!("cmpfail"),
+            "sub {c}, 1",
+            "mov {t}, qword ptr [{count} + {c} * 8 + 8]",
+            "mov qword ptr [{out}], {t}",
+            point!(4),
+            point!(5),
+            "mov qword ptr [{count}], {c}",
+        ], [
+            count = in(reg) count, out = in(reg) out, c = out(reg) _, t = out(reg) _,
+            cmpfail = label { return Outcome::CompareFailed },
+        ]);
+    }
+    Outcome::Committed
+}
+
+/// Ring push of one `size`-byte item: `c = *count; if c >= cap { CompareFailed /* full */ };
+/// copy size bytes src -> items + c * size; *count = c + 1` (eight bytes at a time, then the tail).
+#[inline(always)]
+pub(crate) unsafe fn ring_push_bytes<F: Field>(
+    at: At,
+    count: *mut usize,
+    cap: usize,
+    src: *const u8,
+    size: usize,
+) -> Outcome {
+    // SAFETY: the contract above.
+    unsafe {
+        section!(F::FIELD, at, [
+            "mov {c}, qword ptr [{count}]",
+            "cmp {c}, {cap}",
+            "jae {cmpfail}",
+            exit_point!("cmpfail"),
+            "mov {d}, {c}",
+            "imul {d}, {size}",
+            "lea {d}, [{count} + {d} + 8]",
+            "mov {n}, {size}",
+            "2:",
+            "cmp {n}, 8",
+            "jb 3f",
+            "mov {t}, qword ptr [{src}]",
+            "mov qword ptr [{d}], {t}",
+            "add {src}, 8",
+            "add {d}, 8",
+            "sub {n}, 8",
+            "jmp 2b",
+            "3:",
+            "test {n}, {n}",
+            "jz 4f",
+            "mov {t:l}, byte ptr [{src}]",
+            "mov byte ptr [{d}], {t:l}",
+            "add {src}, 1",
+            "add {d}, 1",
+            "sub {n}, 1",
+            "jmp 3b",
+            "4:",
+            point!(4),
+            "add {c}, 1",
+            point!(5),
+            "mov qword ptr [{count}], {c}",
+        ], [
+            count = in(reg) count, cap = in(reg) cap, size = in(reg) size, src = inout(reg) src => _,
+            c = out(reg) _, d = out(reg) _, n = out(reg) _, t = out(reg) _,
+            cmpfail = label { return Outcome::CompareFailed },
+        ]);
+    }
+    Outcome::Committed
+}
+
+/// Ring pop of one `size`-byte item: `c = *count; if c == 0 { CompareFailed /* empty */ };
+/// copy size bytes items + (c - 1) * size -> dst; *count = c - 1` (`dst` is written before the
+/// commit).
+#[inline(always)]
+pub(crate) unsafe fn ring_pop_bytes<F: Field>(at: At, count: *mut usize, dst: *mut u8, size: usize) -> Outcome {
+    // SAFETY: the contract above.
+    unsafe {
+        section!(F::FIELD, at, [
+            "mov {c}, qword ptr [{count}]",
+            "test {c}, {c}",
+            "jz {cmpfail}",
+            exit_point!("cmpfail"),
+            "sub {c}, 1",
+            "mov {s}, {c}",
+            "imul {s}, {size}",
+            "lea {s}, [{count} + {s} + 8]",
+            "mov {n}, {size}",
+            "2:",
+            "cmp {n}, 8",
+            "jb 3f",
+            "mov {t}, qword ptr [{s}]",
+            "mov qword ptr [{dst}], {t}",
+            "add {s}, 8",
+            "add {dst}, 8",
+            "sub {n}, 8",
+            "jmp 2b",
+            "3:",
+            "test {n}, {n}",
+            "jz 4f",
+            "mov {t:l}, byte ptr [{s}]",
+            "mov byte ptr [{dst}], {t:l}",
+            "add {s}, 1",
+            "add {dst}, 1",
+            "sub {n}, 1",
+            "jmp 3b",
+            "4:",
+            point!(4),
+            point!(5),
+            "mov qword ptr [{count}], {c}",
+        ], [
+            count = in(reg) count, size = in(reg) size, dst = inout(reg) dst => _,
+            c = out(reg) _, s = out(reg) _, n = out(reg) _, t = out(reg) _,
+            cmpfail = label { return Outcome::CompareFailed },
+        ]);
+    }
+    Outcome::Committed
+}
+
 /// `if *v != expect || *v2 != expect2 { CompareFailed }; *v = new`
 #[inline(always)]
 pub(crate) unsafe fn cbne_cbne_store<F: Field>(

@@ -58,7 +58,7 @@ impl<T, I: Index> Buffer<T, I> {
     pub fn push(&self, item: Box<T>) -> Result<(), Box<T>> {
         let ptr = Box::into_raw(item);
         // SAFETY: `ptr` is one aligned word.
-        if unsafe { self.rings.push((&raw const ptr).cast()) } {
+        if unsafe { self.rings.push((&raw const ptr).cast::<usize>()) } {
             Ok(())
         } else {
             // SAFETY: the item was not published; it is still ours.
@@ -66,11 +66,51 @@ impl<T, I: Index> Buffer<T, I> {
         }
     }
 
+    /// Move items from the end of `items` onto the current CPU's buffer, as many as fit, in one
+    /// critical section; returns how many moved (they are gone from `items`; the rest stay). A
+    /// batch larger than the free room moves what fits; an empty `items` moves nothing.
+    ///
+    /// ```
+    /// let b: restartable::Buffer<u32> = restartable::Buffer::with_capacity(8);
+    /// let mut items: Vec<Box<u32>> = (0..20).map(Box::new).collect();
+    /// let moved = b.push_batch(&mut items);
+    /// assert!(moved <= 8 && items.len() == 20 - moved);
+    /// let mut out = Vec::new();
+    /// b.pop_batch(16, &mut out); // from the current CPU: all of them if the thread stayed put
+    /// assert_eq!(out.len() + b.drain_all().len(), moved);
+    /// ```
+    pub fn push_batch(&self, items: &mut Vec<Box<T>>) -> usize {
+        let n = items.len();
+        // SAFETY: `items` holds `n` boxes, each one aligned pointer; the moved ones (the last
+        // `moved`) now belong to the buffer, so the `Vec` forgets them.
+        unsafe {
+            let moved = self.rings.push_many(items.as_ptr().cast(), n, true);
+            items.set_len(n - moved);
+            moved
+        }
+    }
+
+    /// Move up to `max` items, the last ones pushed on the current CPU's buffer (in the order
+    /// they were pushed), to the end of `out` in one critical section; returns how many moved.
+    /// `max = 0` moves nothing. `out` grows before the section, never inside it.
+    pub fn pop_batch(&self, max: usize, out: &mut Vec<Box<T>>) -> usize {
+        let max = max.min(self.capacity());
+        out.reserve(max);
+        // SAFETY: `out` has room for `max` more pointers (a `Box<T>` is one non-null pointer);
+        // the moved ones are published pointers from `push`, now `out`'s.
+        unsafe {
+            let len = out.len();
+            let moved = self.rings.pop_many(out.as_mut_ptr().add(len).cast(), max);
+            out.set_len(len + moved);
+            moved
+        }
+    }
+
     /// Pop the last item pushed on the current CPU's buffer, or `None` if it is empty.
     pub fn pop(&self) -> Option<Box<T>> {
         let mut ptr: *mut T = core::ptr::null_mut();
         // SAFETY: `ptr` has room for one word; a popped word is a pointer from `push`, now ours.
-        unsafe { self.rings.pop((&raw mut ptr).cast()).then(|| Box::from_raw(ptr)) }
+        unsafe { self.rings.pop((&raw mut ptr).cast::<usize>()).then(|| Box::from_raw(ptr)) }
     }
 
     /// Remove every item of CPU `cpu`'s buffer, from any thread.
@@ -92,15 +132,7 @@ impl<T, I: Index> Buffer<T, I> {
     /// # Panics
     /// If the membarrier fence fails (see [`Stack::drain_all`](crate::Stack::drain_all)).
     pub fn drain_all(&self) -> Vec<Box<T>> {
-        let mut out = Vec::new();
-        for cpu in 0..crate::guard::limit() {
-            match self.drain_cpu(cpu) {
-                Ok(items) => out.extend(items),
-                Err(GuardError::Busy { .. }) => {}
-                Err(e) => panic!("Buffer::drain_all: {e}"),
-            }
-        }
-        out
+        super::drain_every("Buffer", |cpu| self.drain_cpu(cpu))
     }
 
     /// The number of items on each CPU (a snapshot).

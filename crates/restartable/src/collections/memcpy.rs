@@ -79,7 +79,39 @@ impl<T: Copy, I: Index> MemcpyBuffer<T, I> {
     /// Async-signal-safe.
     pub fn push(&self, item: T) -> Result<(), T> {
         // SAFETY: `item` is a readable `T`.
-        if unsafe { self.rings.push((&raw const item).cast()) } { Ok(()) } else { Err(item) }
+        if unsafe { self.rings.push(&raw const item) } { Ok(()) } else { Err(item) }
+    }
+
+    /// Copy the first items of `items` into the current CPU's buffer, as many as fit, in one
+    /// critical section; returns how many were copied (`items[..n]`). A batch larger than the
+    /// free room copies what fits; an empty slice copies nothing. Async-signal-safe.
+    ///
+    /// ```
+    /// let b: restartable::MemcpyBuffer<[u64; 2]> = restartable::MemcpyBuffer::with_capacity(4);
+    /// let n = b.push_batch(&[[1, 1], [2, 2], [3, 3], [4, 4], [5, 5]]);
+    /// assert!(n <= 4);
+    /// let mut out = Vec::new();
+    /// b.pop_batch(8, &mut out);
+    /// assert_eq!(out.len() + b.drain_all().len(), n);
+    /// ```
+    pub fn push_batch(&self, items: &[T]) -> usize {
+        // SAFETY: `items` is readable for its length; items are copied as bytes.
+        unsafe { self.rings.push_many(items.as_ptr().cast(), items.len(), false) }
+    }
+
+    /// Copy out and remove up to `max` items, the last ones pushed on the current CPU's buffer
+    /// (in the order they were pushed), to the end of `out` in one critical section; returns how
+    /// many moved. `max = 0` moves nothing. `out` grows before the section, never inside it.
+    pub fn pop_batch(&self, max: usize, out: &mut Vec<T>) -> usize {
+        let max = max.min(self.capacity());
+        out.reserve(max);
+        // SAFETY: `out` has room for `max` more items; the moved bytes are whole pushed `T`s.
+        unsafe {
+            let len = out.len();
+            let moved = self.rings.pop_many(out.as_mut_ptr().add(len).cast(), max);
+            out.set_len(len + moved);
+            moved
+        }
     }
 
     /// Copy out and remove the last item of the current CPU's buffer, or `None` if it is empty.
@@ -87,7 +119,7 @@ impl<T: Copy, I: Index> MemcpyBuffer<T, I> {
     pub fn pop(&self) -> Option<T> {
         let mut out = MaybeUninit::<T>::uninit();
         // SAFETY: `out` has room for one `T`; a successful pop copied a whole pushed `T` into it.
-        unsafe { self.rings.pop(out.as_mut_ptr().cast()).then(|| out.assume_init()) }
+        unsafe { self.rings.pop(out.as_mut_ptr()).then(|| out.assume_init()) }
     }
 
     /// Copy out and remove every item of CPU `cpu`'s buffer, from any thread.
@@ -108,15 +140,7 @@ impl<T: Copy, I: Index> MemcpyBuffer<T, I> {
     /// # Panics
     /// If the membarrier fence fails (see [`Stack::drain_all`](crate::Stack::drain_all)).
     pub fn drain_all(&self) -> Vec<T> {
-        let mut out = Vec::new();
-        for cpu in 0..crate::guard::limit() {
-            match self.drain_cpu(cpu) {
-                Ok(items) => out.extend(items),
-                Err(GuardError::Busy { .. }) => {}
-                Err(e) => panic!("MemcpyBuffer::drain_all: {e}"),
-            }
-        }
-        out
+        super::drain_every("MemcpyBuffer", |cpu| self.drain_cpu(cpu))
     }
 
     /// The number of items on each CPU (a snapshot).

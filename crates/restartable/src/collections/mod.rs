@@ -36,3 +36,24 @@ pub use spinlock::{SpinLock, SpinLockGuard};
 pub use stack::Stack;
 
 pub(crate) use crate::percpu::drop_all;
+
+use crate::guard::GuardError;
+
+/// Drain every CPU with `drain_cpu` into one `Vec`. A CPU the calling thread could only wait for
+/// (it holds a guard: a signal handler) is left as it is.
+///
+/// # Panics
+/// If the membarrier fence fails (only possible if a seccomp filter installed later forbids
+/// membarrier): `what` names the collection in the message.
+pub(crate) fn drain_every<T>(what: &str, drain_cpu: impl Fn(usize) -> Result<Vec<T>, GuardError>) -> Vec<T> {
+    let mut out = Vec::new();
+    for cpu in 0..crate::guard::limit() {
+        match drain_cpu(cpu) {
+            Ok(items) if out.is_empty() => out = items,
+            Ok(items) => out.extend(items),
+            Err(GuardError::Busy { .. }) => {}
+            Err(e) => panic!("{what}::drain_all: {e}"),
+        }
+    }
+    out
+}

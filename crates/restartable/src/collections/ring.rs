@@ -93,130 +93,197 @@ impl<I: Index> Rings<I> {
         self.capacity
     }
 
-    /// Copy one item from `src` into the current CPU's array; false when it is full (or, for a
-    /// thread that may not wait for a guard, unreachable).
+    /// Copy one `T` from `src` into the current CPU's array; false when it is full (or, for a
+    /// thread that may not wait for a guard, unreachable). One section: the count is read,
+    /// compared with the capacity, the item stored and the count committed.
     ///
     /// # Safety
-    /// `src` is readable for one item, and for [`Items::Words`] holds one aligned `usize`.
-    pub(crate) unsafe fn push(&self, src: *const u8) -> bool {
+    /// `src` is readable for one `T`, whose size is the arrays' item size; for [`Items::Words`]
+    /// `T` is `usize`.
+    #[inline(always)]
+    pub(crate) unsafe fn push<T>(&self, src: *const T) -> bool {
+        debug_assert_eq!(size_of::<T>(), self.items.size());
+        let size = size_of::<T>();
+        let path = retry::drive(
+            self,
+            |head, at| {
+                // SAFETY: array `at.index` is written only by sections on that index and under its
+                // guard; the section stores the item below the capacity and commits the count
+                // only on that index; `src` is the caller's.
+                unsafe {
+                    match self.items {
+                        Items::Words => arch::ring_push_word::<I>(
+                            at,
+                            head.count.as_ptr(),
+                            self.capacity,
+                            src.cast::<usize>().read(),
+                        ),
+                        Items::Bytes(_) => {
+                            arch::ring_push_bytes::<I>(at, head.count.as_ptr(), self.capacity, src.cast(), size)
+                        }
+                    }
+                }
+            },
+            |slow| match slow {
+                Slow::Stopped(head, _) | Slow::Degraded(head, _) => {
+                    let c = head.count.load(Relaxed);
+                    if c >= self.capacity {
+                        return false;
+                    }
+                    // SAFETY: the guard excludes every other access to this array; the
+                    // destination has room for one item; an untyped copy keeps padding opaque.
+                    unsafe { core::ptr::copy_nonoverlapping(src.cast::<u8>(), items_of(head).add(c * size), size) };
+                    head.count.store(c + 1, Release);
+                    true
+                }
+                Slow::Spare(_) => false,
+            },
+            false,
+        );
+        // A compare failure is the full array: nothing else is compared.
+        matches!(path, Path::Fast(Outcome::Committed) | Path::Slow(true))
+    }
+
+    /// Move the last item of the current CPU's array to `dst`; false when it is empty (or, for
+    /// a thread that may not wait for a guard, unreachable). One section: the count is read and
+    /// tested, the item copied out, the count committed.
+    ///
+    /// # Safety
+    /// `dst` is writable for one `T`, whose size is the arrays' item size; for [`Items::Words`]
+    /// `T` is `usize`.
+    #[inline(always)]
+    pub(crate) unsafe fn pop<T>(&self, dst: *mut T) -> bool {
+        debug_assert_eq!(size_of::<T>(), self.items.size());
+        let size = size_of::<T>();
+        let path = retry::drive(
+            self,
+            |head, at| {
+                // SAFETY: array `at.index` is written only by sections on that index and under its
+                // guard; the section copies the published item at `count - 1` to `dst` (the
+                // caller's) and commits the count only on that index.
+                unsafe {
+                    match self.items {
+                        Items::Words => arch::ring_pop_word::<I>(at, head.count.as_ptr(), dst.cast()),
+                        Items::Bytes(_) => arch::ring_pop_bytes::<I>(at, head.count.as_ptr(), dst.cast(), size),
+                    }
+                }
+            },
+            |slow| match slow {
+                Slow::Stopped(head, _) | Slow::Degraded(head, _) => {
+                    let c = head.count.load(Acquire);
+                    if c == 0 {
+                        return false;
+                    }
+                    // SAFETY: the guard excludes every other access to this array; the item
+                    // at `c - 1` was published by a push; `dst` has room for it.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(items_of(head).add((c - 1) * size), dst.cast::<u8>(), size)
+                    };
+                    head.count.store(c - 1, Relaxed);
+                    true
+                }
+                Slow::Spare(_) => false,
+            },
+            false,
+        );
+        // A compare failure is the empty array.
+        matches!(path, Path::Fast(Outcome::Committed) | Path::Slow(true))
+    }
+
+    /// Copy up to `n` of the `n` contiguous items at `src` into the current CPU's array in one
+    /// section, as many as fit (`k`): the last `k` when `from_end`, else the first `k`. Returns
+    /// `k` (0 when the array is full, or out of reach of a thread that may not wait).
+    ///
+    /// # Safety
+    /// `src` is readable for `n` items (and for [`Items::Words`] holds aligned `usize`s).
+    pub(crate) unsafe fn push_many(&self, src: *const u8, n: usize, from_end: bool) -> usize {
+        let first = |k: usize| if from_end { (n - k) * self.items.size() } else { 0 };
         let size = self.items.size();
         loop {
-            let full = core::cell::Cell::new(false);
+            let moved = core::cell::Cell::new(0usize);
             let path = retry::drive(
                 self,
                 |head, at| {
                     let c = head.count.load(Relaxed);
-                    if c >= self.capacity {
-                        full.set(true);
+                    let k = n.min(self.capacity.saturating_sub(c));
+                    moved.set(k);
+                    if k == 0 {
                         return Outcome::CompareFailed;
                     }
-                    let dst = items_of(head).wrapping_add(c * size);
+                    let (from, to) = (src.wrapping_add(first(k)), items_of(head).wrapping_add(c * size));
                     // SAFETY: array `at.index` is written only by sections on that index and under
-                    // its guard; `dst` has room for one item (c < capacity); the count commits
-                    // only if it is still `c`.
-                    unsafe {
-                        match self.items {
-                            Items::Words => arch::cbne_store_store::<I>(
-                                at,
-                                head.count.as_ptr(),
-                                c,
-                                dst.cast(),
-                                src.cast::<usize>().read(),
-                                c + 1,
-                            ),
-                            Items::Bytes(_) => {
-                                arch::cbne_memcpy_store::<I>(at, head.count.as_ptr(), c, dst, src, size, c + 1)
-                            }
-                        }
-                    }
+                    // its guard; `to` has room for `k` items (c + k <= capacity); `from` is the
+                    // caller's; the count commits only if it is still `c`.
+                    unsafe { arch::cbne_memcpy_store::<I>(at, head.count.as_ptr(), c, to, from, k * size, c + k) }
                 },
                 |slow| match slow {
                     Slow::Stopped(head, _) | Slow::Degraded(head, _) => {
                         let c = head.count.load(Relaxed);
-                        if c >= self.capacity {
-                            return false;
-                        }
-                        // SAFETY: the guard excludes every other access to this array; the
-                        // destination has room for one item; an untyped copy keeps padding opaque.
-                        unsafe { core::ptr::copy_nonoverlapping(src, items_of(head).add(c * size), size) };
-                        head.count.store(c + 1, Release);
-                        true
+                        let k = n.min(self.capacity.saturating_sub(c));
+                        // SAFETY: the guard excludes every other access to this array; room for
+                        // `k` items; the source is the caller's.
+                        unsafe {
+                            core::ptr::copy_nonoverlapping(src.add(first(k)), items_of(head).add(c * size), k * size)
+                        };
+                        head.count.store(c + k, Release);
+                        k
                     }
-                    Slow::Spare(_) => false,
+                    Slow::Spare(_) => 0,
                 },
                 false,
             );
             return match path {
-                Path::Fast(Outcome::Committed) | Path::Slow(true) => true,
-                Path::Fast(Outcome::CompareFailed) if !full.get() => continue,
-                _ => false,
+                Path::Fast(Outcome::Committed) => moved.get(),
+                Path::Fast(_) if moved.get() != 0 => continue, // the count moved: look again
+                Path::Fast(_) => 0,
+                Path::Slow(k) => k,
             };
         }
     }
 
-    /// Move the last item of the current CPU's array to `dst`; false when it is empty (or, for
-    /// a thread that may not wait for a guard, unreachable).
+    /// Move up to `max` items, the last ones pushed on the current CPU's array (in the order they
+    /// were pushed), to `dst` in one section; the number moved.
     ///
     /// # Safety
-    /// `dst` is writable for one item.
-    pub(crate) unsafe fn pop(&self, dst: *mut u8) -> bool {
+    /// `dst` is writable for `max` items.
+    pub(crate) unsafe fn pop_many(&self, dst: *mut u8, max: usize) -> usize {
         let size = self.items.size();
         loop {
-            let empty = core::cell::Cell::new(false);
-            let word = core::cell::Cell::new(0usize);
+            let moved = core::cell::Cell::new(0usize);
             let path = retry::drive(
                 self,
                 |head, at| {
                     let c = head.count.load(Relaxed);
-                    if c == 0 {
-                        empty.set(true);
+                    let k = max.min(c);
+                    moved.set(k);
+                    if k == 0 {
                         return Outcome::CompareFailed;
                     }
-                    let src = items_of(head).wrapping_add((c - 1) * size);
+                    let from = items_of(head).wrapping_add((c - k) * size);
                     // SAFETY: array `at.index` is written only by sections on that index and under
-                    // its guard; `src` is a published item; the count commits only if it is still
-                    // `c` (and, for words, the item is still the one read).
-                    unsafe {
-                        match self.items {
-                            Items::Words => {
-                                let slot = src.cast::<AtomicUsize>();
-                                let item = (*slot).load(Relaxed);
-                                word.set(item);
-                                arch::cbne_cbne_store::<I>(at, head.count.as_ptr(), c, slot.cast(), item, c - 1)
-                            }
-                            Items::Bytes(_) => {
-                                arch::cbne_memcpy_store::<I>(at, head.count.as_ptr(), c, dst, src, size, c - 1)
-                            }
-                        }
-                    }
+                    // its guard; `from` holds `k` published items; `dst` is the caller's; the
+                    // count commits only if it is still `c`.
+                    unsafe { arch::cbne_memcpy_store::<I>(at, head.count.as_ptr(), c, dst, from, k * size, c - k) }
                 },
                 |slow| match slow {
                     Slow::Stopped(head, _) | Slow::Degraded(head, _) => {
                         let c = head.count.load(Acquire);
-                        if c == 0 {
-                            return false;
-                        }
-                        // SAFETY: the guard excludes every other access to this array; the item
-                        // at `c - 1` was published by a push; `dst` has room for it.
-                        unsafe { core::ptr::copy_nonoverlapping(items_of(head).add((c - 1) * size), dst, size) };
-                        head.count.store(c - 1, Relaxed);
-                        true
+                        let k = max.min(c);
+                        // SAFETY: the guard excludes every other access to this array; the last
+                        // `k` items are published; `dst` has room for them.
+                        unsafe { core::ptr::copy_nonoverlapping(items_of(head).add((c - k) * size), dst, k * size) };
+                        head.count.store(c - k, Relaxed);
+                        k
                     }
-                    Slow::Spare(_) => false,
+                    Slow::Spare(_) => 0,
                 },
                 false,
             );
             return match path {
-                Path::Fast(Outcome::Committed) => {
-                    if self.items == Items::Words {
-                        // SAFETY: the caller's contract (one word).
-                        unsafe { dst.cast::<usize>().write_unaligned(word.get()) };
-                    }
-                    true
-                }
-                Path::Slow(true) => true,
-                Path::Fast(Outcome::CompareFailed) if !empty.get() => continue,
-                _ => false,
+                Path::Fast(Outcome::Committed) => moved.get(),
+                Path::Fast(_) if moved.get() != 0 => continue,
+                Path::Fast(_) => 0,
+                Path::Slow(k) => k,
             };
         }
     }
