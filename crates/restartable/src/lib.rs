@@ -13,8 +13,8 @@
 //! assert_eq!(requests.sum(), 1);
 //! ```
 //!
-//! Most users want the [`collections`]: [`Counter`], [`SpinLock`], [`Stack`], [`Buffer`] and
-//! [`MemcpyBuffer`], all safe. Below them, lowest first (each layer uses only those above it in
+//! Most users want the [`collections`]: [`Counter`], [`SpinLock`], [`Stack`], [`Buffer`],
+//! [`MemcpyBuffer`] and [`RwLock`], all safe. Below them, lowest first (each layer uses only those above it in
 //! this list):
 //!
 //! - [`abi`]: the kernel's `struct rseq` / `struct rseq_cs` and constants;
@@ -69,7 +69,9 @@ mod status;
 pub mod sys;
 mod thread;
 
-pub use collections::{Buffer, Counter, MemcpyBuffer, SpinLock, SpinLockGuard, Stack};
+pub use collections::{
+    Buffer, Counter, MemcpyBuffer, RwLock, RwLockReadGuard, RwLockWriteGuard, SpinLock, SpinLockGuard, Stack,
+};
 pub use cpu::{current_cpu, current_mm_cid, current_node};
 pub use percpu::PerCpu;
 pub use status::{Status, status};

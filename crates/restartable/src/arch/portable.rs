@@ -102,6 +102,21 @@ pub(crate) unsafe fn add_strided<F: Field, const VALUE: usize>(
     Outcome::Stopped
 }
 
+/// No critical sections here: always `Stopped` (take the slow path).
+///
+/// # Safety
+/// None needed: nothing is accessed.
+#[inline(always)]
+pub(crate) unsafe fn add_strided_unless<F: Field, const VALUE: usize, const MASK: u32>(
+    _at: At,
+    _base: *mut u8,
+    _offset: usize,
+    _count: usize,
+    _flag: *const AtomicU32,
+) -> Outcome {
+    Outcome::Stopped
+}
+
 no_sections! {
     cbne_store(v: *mut usize, expect: usize, new: usize);
     add(v: *mut usize, count: usize);

@@ -340,6 +340,38 @@ pub(crate) unsafe fn add_strided<F: Field, const VALUE: usize>(
     Outcome::Committed
 }
 
+/// [`add_strided`] unless `*flag & MASK != 0` (then `CompareFailed`, nothing stored): the
+/// slot's guard word is checked first (`Stopped`), then the flag word, which any thread may
+/// change at any time (an `RwLock`'s writer state: a writer sets it, then fences, so a section
+/// that read it clear either commits before the fence or is restarted and reads it again).
+/// `at.guard` is not read.
+#[inline(always)]
+pub(crate) unsafe fn add_strided_unless<F: Field, const VALUE: usize, const MASK: u32>(
+    at: At,
+    base: *mut u8,
+    offset: usize,
+    count: usize,
+    flag: *const core::sync::atomic::AtomicU32,
+) -> Outcome {
+    // SAFETY: the contract above, for the slot at `base + offset`; `flag` is readable.
+    unsafe {
+        section!(@checked F::FIELD, at, [
+            "cmp dword ptr [{base} + {offset}], 0", "jne {stopped}"
+        ], [
+            "test dword ptr [{flag}], {mask}",
+            "jnz {cmpfail}",
+            exit_point!("cmpfail"),
+            point!(4),
+            point!(5),
+            "add qword ptr [{base} + {offset} + {value}], {count}",
+        ], [
+            base = in(reg) base, offset = in(reg) offset, value = const VALUE, count = in(reg) count,
+            flag = in(reg) flag, mask = const MASK, cmpfail = label { return Outcome::CompareFailed },
+        ] [] []);
+    }
+    Outcome::Committed
+}
+
 /// `r = *v; if r == expectnot { CompareFailed }; *out = r; *v = *(r + off)`
 #[inline(always)]
 pub(crate) unsafe fn cbeq_pop<F: Field>(

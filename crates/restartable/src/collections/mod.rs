@@ -21,17 +21,24 @@
 //! fn sync<T: Sync>() {}
 //! sync::<restartable::Buffer<std::rc::Rc<u8>>>();
 //! ```
+//!
+//! ```compile_fail
+//! fn sync<T: Sync>() {}
+//! sync::<restartable::RwLock<std::cell::Cell<u8>>>(); // readers would share a `Cell`
+//! ```
 
 mod buffer;
 mod counter;
 mod memcpy;
 mod ring;
+mod rwlock;
 mod spinlock;
 mod stack;
 
 pub use buffer::Buffer;
 pub use counter::Counter;
 pub use memcpy::{MAX_ITEM, MemcpyBuffer};
+pub use rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub use spinlock::{SpinLock, SpinLockGuard};
 pub use stack::Stack;
 
