@@ -10,8 +10,17 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_restartable");
 
 /// Every implementation's JSON key, in table order.
-const IMPLS: [&str; 8] =
-    ["counter", "raw-rseq", "floor", "shared-atomic", "percpu-atomic", "thread-local", "mutex", "counter-degraded"];
+const IMPLS: [&str; 9] = [
+    "counter",
+    "raw-rseq",
+    "raw-rseq-unguarded",
+    "floor",
+    "shared-atomic",
+    "percpu-atomic",
+    "thread-local",
+    "mutex",
+    "counter-degraded",
+];
 
 fn bench(args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);
