@@ -70,6 +70,9 @@ impl Impl {
 }
 
 impl Implementation for Impl {
+    const SUITE: &'static str = "counters";
+    const OP: &'static str = "add 1 to the row's counter";
+
     fn all() -> &'static [Impl] {
         &Impl::ALL
     }
