@@ -22,8 +22,9 @@ const IMPLS: [&str; 9] = [
     "counter-degraded",
 ];
 
-/// The keys `bench --collections` must report (issue 15), and the extra ones, in table order.
-const COLLECTIONS: [&str; 12] = [
+/// The keys `bench --collections` must report (issue 15), and the extra ones (the shared
+/// mutexes, the reference rows), in table order.
+const COLLECTIONS: [&str; 15] = [
     "stack",
     "segqueue",
     "mutex-vec",
@@ -36,6 +37,9 @@ const COLLECTIONS: [&str; 12] = [
     "std-mutex",
     "parking-lot-mutex-shared",
     "std-mutex-shared",
+    "ref-box-alloc",
+    "ref-rseq-pair",
+    "ref-cas-pair",
 ];
 
 fn bench(args: &[&str]) -> Output {

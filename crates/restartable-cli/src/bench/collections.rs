@@ -21,6 +21,12 @@
 //! - `parking-lot-mutex-shared` / `std-mutex-shared`: one mutex shared by every thread (what
 //!   most programs do).
 //!
+//! Reference rows (`ref-*`), measured the same way, show what the rows above are made of:
+//! `ref-box-alloc` a `Box<u64>` allocated and freed (what `Stack` pays per push, and the
+//! others do not), `ref-rseq-pair` two raw rseq sections on the current CPU's slot (the floor
+//! of a per-CPU push + pop), `ref-cas-pair` two compare-and-swap increments of one shared word
+//! (the floor of a shared queue's push + pop). Where a row is behind its target, these say why.
+//!
 //! The per-CPU structures pick the current CPU's part and so may find another thread's item,
 //! or nothing when the thread migrated between its push and its pop; full and empty are
 //! answers, counted. Every run checks: push attempts = operations (accepted + full, and "full"
@@ -29,13 +35,15 @@
 //! torn 64-byte item, and for the locks, both fields' totals = what the operations added.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use restartable::{Buffer, MemcpyBuffer, SpinLock, Stack};
 
+use super::counters::{RawSlots, raw_add};
 use super::report::Sample;
 use super::suite::{Implementation, Padded, check, run_threads, spin};
 
@@ -70,11 +78,19 @@ pub enum Impl {
     ParkingLotMutexShared,
     /// One `std::sync::Mutex<T>` shared by every thread.
     StdMutexShared,
+    /// Reference: `Box::new` + drop of a `u64` (what `Stack::push` allocates per item).
+    RefBox,
+    /// Reference: two raw rseq sections (`ops::load_add_store::<Cpu>`) on the current CPU's
+    /// slot: the floor of a per-CPU push + pop.
+    RefRseqPair,
+    /// Reference: two compare-and-swap increments (`lock cmpxchg`) of one shared word: the floor
+    /// of a shared queue's push + pop.
+    RefCasPair,
 }
 
 impl Impl {
     /// Every implementation, in table order.
-    pub const ALL: [Impl; 12] = [
+    pub const ALL: [Impl; 15] = [
         Impl::Stack,
         Impl::SegQueue,
         Impl::MutexVec,
@@ -87,6 +103,9 @@ impl Impl {
         Impl::StdMutex,
         Impl::ParkingLotMutexShared,
         Impl::StdMutexShared,
+        Impl::RefBox,
+        Impl::RefRseqPair,
+        Impl::RefCasPair,
     ];
 }
 
@@ -112,6 +131,9 @@ impl Implementation for Impl {
             Impl::StdMutex => "std-mutex",
             Impl::ParkingLotMutexShared => "parking-lot-mutex-shared",
             Impl::StdMutexShared => "std-mutex-shared",
+            Impl::RefBox => "ref-box-alloc",
+            Impl::RefRseqPair => "ref-rseq-pair",
+            Impl::RefCasPair => "ref-cas-pair",
         }
     }
 
@@ -129,6 +151,9 @@ impl Implementation for Impl {
             Impl::StdMutex => "std Mutex per CPU",
             Impl::ParkingLotMutexShared => "parking_lot::Mutex, shared",
             Impl::StdMutexShared => "std Mutex, shared",
+            Impl::RefBox => "ref: Box<u64> new + drop",
+            Impl::RefRseqPair => "ref: 2 raw rseq sections",
+            Impl::RefCasPair => "ref: 2 CAS on a shared word",
         }
     }
 
@@ -148,6 +173,9 @@ impl Implementation for Impl {
             Impl::StdMutex => locked(PerCpuLocks::<Mutex<Pair>>::new(), threads, duration),
             Impl::ParkingLotMutexShared => locked(Padded(parking_lot::Mutex::new(Pair::default())), threads, duration),
             Impl::StdMutexShared => locked(Padded(Mutex::new(Pair::default())), threads, duration),
+            Impl::RefBox => box_alloc(threads, duration),
+            Impl::RefRseqPair => rseq_pair(threads, duration),
+            Impl::RefCasPair => cas_pair(threads, duration),
         }
         .map_err(|e| format!("{}: {e}", self.name()))
     }
@@ -557,6 +585,72 @@ fn locked<L: Locked>(mut l: L, threads: usize, duration: Duration) -> Result<Sam
             "the locked second fields sum to {}, not 2 x {} operations (a torn critical section)",
             total.other, s.ops
         ));
+    }
+    Ok(s)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reference rows: what the rows above are made of, measured the same way, so that the table
+// shows why one row is ahead of another (an allocation per item; the cost of one rseq section
+// against one uncontended or contended `lock cmpxchg` on this CPU).
+
+/// Allocate a `Box<u64>` carrying a value and free it; the values read back must sum to the
+/// values written.
+fn box_alloc(threads: usize, duration: Duration) -> Result<Sample, String> {
+    let (written, read) = (AtomicU64::new(0), AtomicU64::new(0));
+    let s = run_threads(threads, duration, |stop| {
+        let (mut w, mut r, mut v) = (0u64, 0u64, 0u64);
+        let n = spin(stop, || {
+            v += 1;
+            w = w.wrapping_add(v);
+            let b = black_box(Box::new(v));
+            r = r.wrapping_add(*b);
+        });
+        written.fetch_add(w, Relaxed);
+        read.fetch_add(r, Relaxed);
+        n
+    });
+    if written.load(Relaxed) != read.load(Relaxed) {
+        return Err("the boxed values read back differ from the values written".into());
+    }
+    Ok(s)
+}
+
+/// Two raw rseq sections (with the guard check and the retry loop) adding 1 to the current
+/// CPU's slot; the slots must sum to twice the operations.
+fn rseq_pair(threads: usize, duration: Duration) -> Result<Sample, String> {
+    let slots = RawSlots::new();
+    let s = run_threads(threads, duration, |stop| {
+        spin(stop, || {
+            raw_add::<true>(&slots);
+            raw_add::<true>(&slots);
+        })
+    });
+    if slots.sum() != 2 * s.ops {
+        return Err(format!("the slots sum to {}, not 2 x {} operations", slots.sum(), s.ops));
+    }
+    Ok(s)
+}
+
+/// Two compare-and-swap loops each adding 1 to one shared word; it must end at twice the
+/// operations.
+fn cas_pair(threads: usize, duration: Duration) -> Result<Sample, String> {
+    let word = Padded(AtomicU64::new(0));
+    let cas_add = || {
+        let mut cur = word.0.load(Relaxed);
+        while let Err(now) = word.0.compare_exchange_weak(cur, cur + 1, AcqRel, Relaxed) {
+            cur = now;
+        }
+    };
+    let s = run_threads(threads, duration, |stop| {
+        spin(stop, || {
+            cas_add();
+            cas_add();
+        })
+    });
+    let total = word.0.load(Relaxed);
+    if total != 2 * s.ops {
+        return Err(format!("the shared word is {total}, not 2 x {} operations", s.ops));
     }
     Ok(s)
 }

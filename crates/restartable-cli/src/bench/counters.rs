@@ -147,14 +147,14 @@ fn counter(threads: usize, duration: Duration) -> Result<Sample, String> {
 
 /// One cache-padded slot per possible CPU: exactly [`restartable::possible_cpus`] of them, so
 /// that any value of `ops::current_index::<Cpu>()` indexes it without a bounds check.
-struct RawSlots(Box<[Padded<AtomicUsize>]>);
+pub struct RawSlots(Box<[Padded<AtomicUsize>]>);
 
 impl RawSlots {
-    fn new() -> RawSlots {
+    pub fn new() -> RawSlots {
         RawSlots((0..restartable::possible_cpus()).map(|_| Padded(AtomicUsize::new(0))).collect())
     }
 
-    fn sum(&self) -> u64 {
+    pub fn sum(&self) -> u64 {
         self.0.iter().map(|p| p.0.load(Relaxed) as u64).sum()
     }
 }
@@ -166,7 +166,7 @@ impl RawSlots {
 /// thread or process, or a CPU stopped by a slow path) it falls back to `fetch_add`, which is
 /// correct here because nothing in this benchmark stops a CPU while it runs.
 #[inline(always)]
-fn raw_add<const GUARDED: bool>(slots: &RawSlots) {
+pub fn raw_add<const GUARDED: bool>(slots: &RawSlots) {
     loop {
         let cpu = ops::current_index::<Cpu>();
         debug_assert!(cpu < slots.0.len());
