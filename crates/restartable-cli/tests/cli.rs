@@ -144,7 +144,7 @@ fn tour_runs_with_no_subcommand() {
     assert!(out.status.success(), "{}", testkit::describe(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("rseq area"), "{text}");
-    for test in ["counter", "spinlock", "stack", "buffer", "memcpy", "remote"] {
+    for test in ["counter", "spinlock", "stack", "buffer", "memcpy", "remote", "rwlock"] {
         assert!(text.lines().any(|l| l.trim_start().starts_with(test) && l.contains(" ok ")), "{test}: {text}");
     }
     assert!(text.contains("Counter::add (degraded mode)"), "the bench table: {text}");

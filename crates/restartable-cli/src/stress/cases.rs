@@ -1,4 +1,4 @@
-//! The six stress tests. Each runs the workers of a [`Config`] on one collection while the
+//! The seven stress tests. Each runs the workers of a [`Config`] on one collection while the
 //! remote thread drains, takes or locks other CPUs' data through the guard, and then checks
 //! conservation exactly:
 //!
@@ -8,6 +8,12 @@
 //! - `stack`, `buffer`, `memcpy`: the multiset of items pushed == popped + drained + left
 //!   (+ given back when a buffer is full): every item exactly once, none unknown; `memcpy`
 //!   items also carry a checksum in every word, so a torn copy is caught;
+//! - `rwlock`: one `RwLock` over a pair that writers keep at `b == 2a` (with a gap between the
+//!   two stores); readers check it twice, with the periodic disturbances (sleep, signals,
+//!   yield) landing while they hold the lock half of the time; the remote thread writes in a
+//!   loop, workers write once in 64 operations, the `--signal-ops` handler tries both locks. A
+//!   probe of who is inside catches a reader beside a writer; the final data must count every
+//!   write exactly once, and a final `try_write` must find the readers' sum back at zero;
 //! - `remote`: per CPU, a pointer selects the active one of two copies of an array; workers add
 //!   through it (`load_add_load_load_add_store`, the slow path an [`OpVec`] under the stop);
 //!   the remote thread swaps the copies with an op vector (or under a `CpuStop` it holds),
@@ -21,13 +27,13 @@
 //! [`Config`], runs [`drive`] and returns what it [`Found`], called from [`run`]. `--test all`,
 //! the matrix, the tour and the reports pick it up from [`Test::all`].
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 use restartable::guard;
 use restartable::ops::{self, Index, Outcome};
 use restartable::opv::OpVec;
 use restartable::retry::{self, Path};
-use restartable::{Buffer, Counter, MemcpyBuffer, PerCpu, SpinLock, Stack};
+use restartable::{Buffer, Counter, MemcpyBuffer, PerCpu, RwLock, SpinLock, Stack};
 
 use clap::ValueEnum;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
@@ -51,6 +57,9 @@ pub enum Test {
     Memcpy,
     /// Two copies of a per-CPU array behind a pointer, swapped and drained with op vectors.
     Remote,
+    /// RwLock: readers check a two-field invariant that writers keep, holding the lock across
+    /// disturbances; every write counted once.
+    Rwlock,
 }
 
 impl Test {
@@ -68,6 +77,7 @@ impl Test {
             Test::Buffer => "buffer",
             Test::Memcpy => "memcpy",
             Test::Remote => "remote",
+            Test::Rwlock => "rwlock",
         }
     }
 }
@@ -145,6 +155,7 @@ pub fn run<I: Index>(test: Test, cfg: &Config) -> std::io::Result<Found> {
         Test::Buffer => buffer::<I>(cfg),
         Test::Memcpy => memcpy::<I>(cfg),
         Test::Remote => remote::<I>(cfg),
+        Test::Rwlock => rwlock::<I>(cfg),
     }
 }
 
@@ -335,6 +346,165 @@ fn spinlock<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     f.check(moved_b + left_b == 2 * ops, || {
         format!("spinlock: {} added to b, but moved {moved_b} + left {left_b} = {}", 2 * ops, moved_b + left_b)
     });
+    Ok(f)
+}
+
+// ---------------------------------------------------------------------------------------------
+// rwlock
+
+/// Who is inside an `RwLock`, as its holders say (`SeqCst`: of a reader and a writer inside at
+/// once, at least one sees the other), and what they found.
+#[derive(Default)]
+struct Inside {
+    readers: AtomicUsize,
+    writers: AtomicUsize,
+    checks: AtomicU64,
+    failed: AtomicU64,
+    first: std::sync::Mutex<Vec<String>>,
+}
+
+impl Inside {
+    fn check(&self, ok: bool, msg: impl FnOnce() -> String) {
+        if ok {
+            self.checks.fetch_add(1, Relaxed);
+            return;
+        }
+        self.failed.fetch_add(1, Relaxed);
+        let mut v = self.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if v.len() < MAX_FAILURES {
+            v.push(msg());
+        }
+    }
+
+    /// A writer (holding the write lock) updates the pair: no other writer, no reader inside.
+    fn write(&self, p: &mut Pair) {
+        let w = self.writers.fetch_add(1, SeqCst);
+        self.check(w == 0, || format!("rwlock: {w} other writers inside with a writer"));
+        let r = self.readers.load(SeqCst);
+        self.check(r == 0, || format!("rwlock: a writer found {r} readers inside"));
+        write_pair(p);
+        self.writers.fetch_sub(1, SeqCst);
+    }
+
+    /// A reader (holding a read lock) enters: no writer inside, and the pair is whole.
+    fn enter(&self, p: &Pair) {
+        self.readers.fetch_add(1, SeqCst);
+        let w = self.writers.load(SeqCst);
+        self.check(w == 0, || format!("rwlock: a reader found {w} writers inside"));
+        self.look(p);
+    }
+
+    /// A reader looks at the pair again and leaves.
+    fn leave(&self, p: &Pair) {
+        self.look(p);
+        self.readers.fetch_sub(1, SeqCst);
+    }
+
+    fn look(&self, p: &Pair) {
+        let (a, b) = read_pair(p);
+        self.check(b == 2 * a, || format!("rwlock: a reader saw a = {a}, b = {b} (b != 2a: a writer was inside)"));
+    }
+}
+
+/// `a += 1`, a gap, `b += 2` (volatile: the torn state really is in memory during the gap).
+fn write_pair(p: &mut Pair) {
+    // SAFETY: plain accesses to the fields of a pair the caller holds exclusively.
+    unsafe {
+        std::ptr::write_volatile(&mut p.a, std::ptr::read_volatile(&p.a) + 1);
+        for _ in 0..std::hint::black_box(30) {
+            std::hint::spin_loop();
+        }
+        std::ptr::write_volatile(&mut p.b, std::ptr::read_volatile(&p.b) + 2);
+    }
+}
+
+/// `(a, b)` with a gap between the two loads (volatile: real loads).
+fn read_pair(p: &Pair) -> (u64, u64) {
+    // SAFETY: plain reads of the fields of a pair the caller may read.
+    let a = unsafe { std::ptr::read_volatile(&p.a) };
+    for _ in 0..std::hint::black_box(10) {
+        std::hint::spin_loop();
+    }
+    // SAFETY: as above.
+    (a, unsafe { std::ptr::read_volatile(&p.b) })
+}
+
+fn rwlock<I: Index>(cfg: &Config) -> std::io::Result<Found> {
+    let lock = RwLock::<Pair, I>::default();
+    let inside = Inside::default();
+    let mut remote_writes = 0u64;
+    // --signal-ops: the handler tries a read (and checks it) and, every fourth time, a write
+    // (counted): both never wait, whatever its thread holds.
+    let (handled, handler_writes) = (AtomicU64::new(0), AtomicU64::new(0));
+    let in_handler = || {
+        if let Some(g) = lock.try_read() {
+            inside.enter(&g);
+            inside.leave(&g);
+        }
+        if handled.fetch_add(1, Relaxed) % 4 == 0
+            && let Some(mut g) = lock.try_write()
+        {
+            inside.write(&mut g);
+            handler_writes.fetch_add(1, Relaxed);
+        }
+    };
+    // --fork: in the child only the forking thread exists, and the locks other threads held stay
+    // held (their counts, a writer's bit): the child only tries, and checks what it reads.
+    let in_child = || match lock.try_read() {
+        Some(g) => {
+            let (a, b) = read_pair(&g);
+            if b == 2 * a { Ok(()) } else { Err(format!("rwlock in a forked child: a = {a}, b = {b}")) }
+        }
+        None => Ok(()),
+    };
+    let hooks = Hooks { in_handler: Some(&in_handler), in_child: Some(&in_child) };
+    let run = with_hooks(hooks, || {
+        drive(
+            cfg,
+            |_, p: &mut Pacer<'_>| {
+                let mut writes = 0u64;
+                let mut more = p.next();
+                while more {
+                    let k = p.k();
+                    if k % 64 == 63 {
+                        inside.write(&mut lock.write());
+                        writes += 1;
+                    } else if k % 2 == 0 {
+                        // Hold the read lock across the pacer: its disturbances (sleep, signals,
+                        // yield) happen while this reader is inside.
+                        let g = lock.read();
+                        inside.enter(&g);
+                        more = p.next();
+                        inside.leave(&g);
+                        drop(g);
+                        continue;
+                    } else {
+                        let g = lock.read();
+                        inside.enter(&g);
+                        inside.leave(&g);
+                    }
+                    more = p.next();
+                }
+                writes
+            },
+            || {
+                inside.write(&mut lock.write());
+                remote_writes += 1;
+            },
+        )
+    })?;
+    let mut f = Found::of(&run);
+    f.checks_passed += inside.checks.load(Relaxed);
+    let first = std::mem::take(&mut *inside.first.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    f.failed += inside.failed.load(Relaxed) - first.len() as u64;
+    first.into_iter().for_each(|m| f.fail(m));
+    let writes = run.results.iter().sum::<u64>() + remote_writes + handler_writes.load(Relaxed);
+    match lock.try_write() {
+        Some(g) => f.check((g.a, g.b) == (writes, 2 * writes), || {
+            format!("rwlock: {writes} writes, but the pair says a = {}, b = {}", g.a, g.b)
+        }),
+        None => f.fail("rwlock: the lock is still held after the run (the readers' sum is not zero)".into()),
+    }
     Ok(f)
 }
 

@@ -76,7 +76,7 @@ pub struct Disturbance {
     pub signal: bool,
 
     /// Send SIGUSR1 at each disturbance (as --signal), with a handler that itself operates on
-    /// the structure under test (counter, buffer, memcpy: the async-signal-safe operations),
+    /// the structure under test (counter, buffer, memcpy, rwlock: the async-signal-safe operations),
     /// counted in conservation.
     #[arg(long, group = "periodic")]
     pub signal_ops: bool,
