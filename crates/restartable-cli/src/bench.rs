@@ -1,7 +1,9 @@
 //! `restartable bench`: implementations of one operation side by side in one run.
 //!
-//! Two suites: the counters (the default: [`counters::Impl`]) and, with `--collections`, the
-//! collections against crossbeam, parking_lot and std ([`collections::Impl`]). Every
+//! Three suites: the counters (the default: [`counters::Impl`]), with `--collections` the
+//! collections against crossbeam, parking_lot and std ([`collections::Impl`]), and with
+//! `--rwlock` the read-mostly locks ([`rwlock::Impl`]: `RwLock` against std, parking_lot,
+//! crossbeam's `ShardedLock` and `ArcSwap`, then the uncontended write latency). Every
 //! implementation of the suite is measured at every thread count, interleaved ([`rounds`]):
 //! each round visits every thread count and, for each, every implementation (starting at a
 //! different one each round); each cell reports the median round. Every run checks its own
@@ -14,7 +16,7 @@
 //! `take()` and `take_cpu(c)` calls.
 //!
 //! The modules: [`args`] (the command line), [`suite`] (what a suite of implementations is,
-//! and the measuring tools), [`counters`] and [`collections`] (the suites), [`rounds`] (the
+//! and the measuring tools), [`counters`], [`collections`] and [`rwlock`] (the suites), [`rounds`] (the
 //! interleaved rounds and the degraded child), [`report`] (the model: implementations x thread
 //! counts -> samples), and one per output format: [`text`], [`json`], [`svg`].
 
@@ -24,6 +26,7 @@ mod counters;
 mod json;
 mod report;
 mod rounds;
+mod rwlock;
 mod suite;
 mod svg;
 mod text;
@@ -32,6 +35,7 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use args::Internal;
 pub use args::{Args, DEFAULT_ROUNDS};
 pub use report::Table;
 use rounds::Schedule;
@@ -41,15 +45,25 @@ use crate::CmdResult;
 /// Run `restartable bench`.
 pub fn run(args: &Args) -> CmdResult {
     let threads = args.threads();
-    if let Some(which) = args.internal_only {
-        return rounds::internal(which, &threads, args.duration);
+    match args.internal_only {
+        Some(Internal::CounterDegraded) => {
+            return rounds::internal(counters::Impl::CounterDegraded, &threads, args.duration);
+        }
+        Some(Internal::RwlockDegraded) => return rounds::internal(rwlock::Impl::DEGRADED, &threads, args.duration),
+        None => {}
     }
     // Fail on an unwritable chart path now, not after the whole run.
     if let Some(path) = &args.svg {
         std::fs::File::create(path).map_err(|e| format!("cannot write the SVG file {}: {e}", path.display()))?;
     }
     let schedule = Schedule { threads, duration: args.duration, rounds: args.rounds };
-    let table = if args.collections { schedule.run::<collections::Impl>()? } else { counters::table(&schedule)? };
+    let table = if args.collections {
+        schedule.run::<collections::Impl>()?
+    } else if args.rwlock {
+        rwlock::table(&schedule)?
+    } else {
+        counters::table(&schedule)?
+    };
     let mut out = io::stdout().lock();
     if args.json {
         writeln!(out, "{}", table.to_json())?;
@@ -72,6 +86,12 @@ pub fn run(args: &Args) -> CmdResult {
 /// binary.
 pub fn run_table(threads: &[usize], duration: Duration) -> Result<Table, String> {
     counters::table(&Schedule { threads: args::dedup(threads), duration, rounds: DEFAULT_ROUNDS })
+}
+
+/// The rwlock suite as the tour shows it: `threads` x every implementation, `rounds` rounds of
+/// `duration`, and the uncontended write latency.
+pub fn run_rwlock_table(threads: &[usize], duration: Duration, rounds: usize) -> Result<Table, String> {
+    rwlock::table(&Schedule { threads: args::dedup(threads), duration, rounds })
 }
 
 /// The collections suite as the tour shows it: `threads` x every implementation, `rounds`

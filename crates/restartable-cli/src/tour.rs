@@ -1,7 +1,7 @@
 //! The tour: what `restartable` with no subcommand shows, in under a minute: the environment,
 //! a short stress of every collection (with a progress bar), the counters' benchmark table at
-//! one thread and at the core count, the collections' at one thread, ending with one line that
-//! says what was verified.
+//! one thread and at the core count, the collections' at one thread, the read-mostly locks' at
+//! one thread and at twice the core count, ending with one line that says what was verified.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -85,6 +85,18 @@ pub fn tour() -> CmdResult {
         bench::DEFAULT_ROUNDS
     )?;
     collections.write_rows(&mut out)?;
+    writeln!(out)?;
+
+    writeln!(out, "== the read-mostly locks at 1 and {} threads (restartable bench --rwlock) ==", 2 * cores)?;
+    out.flush()?;
+    let rwlocks =
+        bench::run_rwlock_table(&[1, 2 * cores], Duration::from_secs_f64(COLLECTIONS_SECONDS), bench::DEFAULT_ROUNDS)?;
+    writeln!(
+        out,
+        "method:  {COLLECTIONS_SECONDS:.3} s per measurement, {} rounds interleaved, median shown (the same machine and mode)",
+        bench::DEFAULT_ROUNDS
+    )?;
+    rwlocks.write_rows(&mut out)?;
     writeln!(out)?;
     writeln!(
         out,

@@ -152,6 +152,11 @@ fn tour_runs_with_no_subcommand() {
     for row in ["Stack<u64>", "SegQueue<u64>", "SpinLock<T>", "ArrayQueue<[u64; 8]>"] {
         assert!(text.lines().any(|l| l.starts_with(row)), "the collections' row {row}: {text}");
     }
+    assert!(text.contains("bench --rwlock"), "the read-mostly locks' section: {text}");
+    for row in ["restartable RwLock, 0% writes", "std RwLock, 1% writes", "ArcSwap load", "ShardedLock"] {
+        assert!(text.lines().any(|l| l.starts_with(row)), "the rwlock row {row}: {text}");
+    }
+    assert!(text.contains("restartable RwLock::write: median"), "the write latency: {text}");
     let last = text.lines().rev().find(|l| l.starts_with("verified in ")).expect("the verification line");
     assert!(last.contains("stress checks passed") && last.contains("counted exactly"), "{last}");
 }

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::counters::Impl;
 
 /// Rounds per cell unless `--rounds` says otherwise (odd, so the median is one round).
 pub const DEFAULT_ROUNDS: usize = 3;
@@ -16,8 +15,13 @@ const MAX_THREADS: usize = 1024;
 pub struct Args {
     /// Measure the collections suite instead of the counters: Stack, Buffer, MemcpyBuffer and
     /// SpinLock against crossbeam's SegQueue and ArrayQueue, parking_lot's and std's Mutex.
-    #[arg(long, conflicts_with = "internal_only")]
+    #[arg(long, conflicts_with_all = ["internal_only", "rwlock"])]
     pub collections: bool,
+    /// Measure the read-mostly suite instead: restartable's RwLock against std's and
+    /// parking_lot's RwLock, crossbeam's ShardedLock and an ArcSwap load, with 0%, 0.1% and 1%
+    /// writes, then the uncontended write lock + unlock latency.
+    #[arg(long, conflicts_with = "internal_only")]
+    pub rwlock: bool,
     /// Thread counts to measure, comma-separated [default: 1 and 1x, 2x, 4x the CPUs this process may run on].
     #[arg(long, value_delimiter = ',', value_parser = parse_threads, value_name = "N,N,...")]
     pub threads: Vec<usize>,
@@ -36,7 +40,16 @@ pub struct Args {
     /// Internal: measure only this implementation, once per thread count, in this process, and
     /// print its samples as JSON (the degraded-mode child).
     #[arg(long, hide = true, value_enum, value_name = "IMPL")]
-    pub internal_only: Option<Impl>,
+    pub internal_only: Option<Internal>,
+}
+
+/// The implementations a degraded-mode child measures (`--internal-only KEY`, the row's key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Internal {
+    /// The counters suite's `Counter::add` in degraded mode.
+    CounterDegraded,
+    /// The rwlock suite's read-only `RwLock` in degraded mode.
+    RwlockDegraded,
 }
 
 impl Args {

@@ -1,7 +1,9 @@
 //! The JSON form of a bench [`Table`] (`bench --json`): `suite` (`counters` or `collections`),
 //! `op` (what one operation is), `machine`, `params`, `results` (per
 //! implementation: `key`, `name`, and per thread count `threads`, `ns_per_op`, `mops`, `ops`,
-//! `elapsed_ns` of the median round, and every round), `remote_take`, `library`.
+//! `elapsed_ns` of the median round, and every round), `remote_take`, `latencies` (the rwlock
+//! suite's uncontended writes: `title` and per implementation `key`, `name`, `median_ns`,
+//! `p99_ns`, `samples`), `library`.
 
 use serde_json::{Value, json};
 
@@ -56,6 +58,16 @@ impl Table {
                 "take": latency(&rt.take),
                 "take_cpu": latency(&rt.take_cpu),
                 "pause_us": rt.pause.as_micros() as u64,
+            })),
+            "latencies": self.latencies.as_ref().map(|l| json!({
+                "title": l.title,
+                "rows": l.rows.iter().map(|(name, key, lat)| json!({
+                    "key": key,
+                    "name": name,
+                    "median_ns": lat.median_us * 1e3,
+                    "p99_ns": lat.p99_us * 1e3,
+                    "samples": lat.samples,
+                })).collect::<Vec<_>>(),
             })),
             "library": { "aborts": self.library.aborts, "slow_path_uses": self.library.slow_path_uses },
         })

@@ -157,6 +157,16 @@ pub struct RemoteTake {
     pub take_cpu: Latency,
 }
 
+/// Per-call latencies of one operation, one row per implementation (a suite's section after
+/// its table: the rwlock suite's uncontended write lock + unlock).
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    /// What was timed.
+    pub title: String,
+    /// Per implementation: the label, the stable key, and the latency.
+    pub rows: Vec<(&'static str, &'static str, Latency)>,
+}
+
 /// The library's process-wide counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Library {
@@ -192,6 +202,8 @@ pub struct Table {
     pub rows: Vec<Row>,
     /// Remote take latency, if measured.
     pub remote_take: Option<RemoteTake>,
+    /// Per-call latencies, if the suite measures some.
+    pub latencies: Option<Latencies>,
     /// The library's counters in this process at the end of the run.
     pub library: Library,
 }

@@ -77,6 +77,7 @@ impl Schedule {
             rounds: self.rounds,
             rows,
             remote_take: None,
+            latencies: None,
             library: Library::now(),
         })
     }

@@ -73,6 +73,21 @@ impl Table {
             writeln!(out, "  {:<25} {}", "take():", describe(&rt.take))?;
             writeln!(out, "  {:<25} {}", "take_cpu(c), c rotating:", describe(&rt.take_cpu))?;
         }
+        if let Some(l) = &self.latencies {
+            writeln!(out)?;
+            writeln!(out, "{}:", l.title)?;
+            let w = l.rows.iter().map(|(name, _, _)| name.len() + 1).max().unwrap_or(0);
+            for (name, _, lat) in &l.rows {
+                writeln!(
+                    out,
+                    "  {:<w$} median {:>9.0} ns, p99 {:>9.0} ns ({} calls)",
+                    format!("{name}:"),
+                    lat.median_us * 1e3,
+                    lat.p99_us * 1e3,
+                    lat.samples
+                )?;
+            }
+        }
         Ok(())
     }
 }
