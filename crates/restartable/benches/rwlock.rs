@@ -122,12 +122,15 @@ fn parallel(threads: usize, iters: u64, lock: &impl ReadMostly, every: Option<u6
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
-                    let mut k = next.fetch_add(1, Relaxed) * (every / threads as u64);
+                    // A countdown (a division per operation would cost as much as a read).
+                    let me = next.fetch_add(1, Relaxed);
+                    let mut left = every - (me * (every / threads as u64)) % every;
                     start.wait();
                     let t = Instant::now();
                     for _ in 0..iters {
-                        k += 1;
-                        if k.is_multiple_of(every) {
+                        left -= 1;
+                        if left == 0 {
+                            left = every;
                             lock.write();
                         } else {
                             lock.read_check();

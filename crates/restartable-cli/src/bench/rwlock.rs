@@ -265,12 +265,15 @@ pub fn read_mostly<L: ReadMostly>(
     let (writes, torn, next) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let every = every.unwrap_or(u64::MAX).max(1);
     let s = run_threads(threads, duration, |stop| {
-        // Threads write at different points of their count (not all in the same instant).
-        let mut k = next.fetch_add(1, Relaxed) * (every / threads.max(1) as u64);
+        // Threads write at different points of their count (not all in the same instant). A
+        // countdown, not a division per operation (a `div` would cost as much as a read).
+        let me = next.fetch_add(1, Relaxed);
+        let mut left = every - (me * (every / threads.max(1) as u64)) % every;
         let (mut w, mut t) = (0u64, 0u64);
         let n = spin(stop, || {
-            k += 1;
-            if k.is_multiple_of(every) {
+            left -= 1;
+            if left == 0 {
+                left = every;
                 lock.write();
                 w += 1;
             } else if !lock.read_whole() {

@@ -120,7 +120,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, fence};
 use crossbeam_utils::{Backoff, CachePadded};
 use rustix::thread::futex;
 
-use crate::arch::{self, Outcome};
+use crate::arch::{self, At, Outcome};
 use crate::cpu::{Cpu, Index};
 use crate::percpu::{Slot, Slots};
 use crate::pool::{self, Block};
@@ -296,12 +296,15 @@ impl<T: ?Sized, I: Index> RwLock<T, I> {
     /// ```
     #[inline]
     pub fn read(&self) -> RwLockReadGuard<'_, T, I> {
-        let first = self.counts().map(|c| self.enter(&c));
-        if first == Some(Enter::In) {
+        // Inline: only the common case, one section. Everything else (no counts yet, an abort,
+        // a stopped count, no rseq, a writer) goes through the driver, out of line.
+        if let Some(counts) = self.counts()
+            && retry::one_section(&counts, |_, at| self.enter_section(&counts, at)) == Outcome::Committed
+        {
             fence(Acquire);
             return RwLockReadGuard { lock: self };
         }
-        self.read_slow(first)
+        self.read_slow()
     }
 
     /// Lock for reading if no writer holds the lock or waits for it; never waits.
@@ -410,27 +413,43 @@ impl<T: ?Sized, I: Index> RwLock<T, I> {
         Some(Counts { first, _index: PhantomData })
     }
 
+    /// The read lock's critical section on `at`'s count: `+1` unless the writer bit is set.
+    #[inline(always)]
+    fn enter_section(&self, counts: &Counts<I>, at: At) -> Outcome {
+        // SAFETY: the count of `at.index` (at `first + index * STRIDE`, `VALUE` bytes after its
+        // guard word) is written only by sections on that index, under its guard, or with atomic
+        // instructions when no section can run on it; the state word is the lock's own, alive.
+        unsafe {
+            arch::add_strided_unless::<I, VALUE, WRITER>(
+                at,
+                counts.first.as_ptr().cast::<u8>(),
+                (at.index as usize) << pool::STRIDE_SHIFT,
+                1,
+                &self.head.state,
+            )
+        }
+    }
+
+    /// The read unlock's critical section on `at`'s count: `-1`.
+    #[inline(always)]
+    fn leave_section(counts: &Counts<I>, at: At) -> Outcome {
+        // SAFETY: as in `enter_section`.
+        unsafe {
+            arch::add_strided::<I, VALUE>(
+                at,
+                counts.first.as_ptr().cast::<u8>(),
+                (at.index as usize) << pool::STRIDE_SHIFT,
+                usize::MAX,
+            )
+        }
+    }
+
     /// One attempt at a read lock on the current CPU's count: one critical section, or an
     /// atomic slow path.
-    #[inline(always)]
     fn enter(&self, counts: &Counts<I>) -> Enter {
-        let base = counts.first.as_ptr().cast::<u8>();
-        let state: *const AtomicU32 = &self.head.state;
         let path = retry::drive(
             counts,
-            // SAFETY: the count of `at.index` (at `base + index * STRIDE`, `VALUE` bytes after its
-            // guard word) is written only by sections on that index, under its guard, or with
-            // atomic instructions when no section can run on it; `state` is the lock's live state
-            // word.
-            move |_, at| unsafe {
-                arch::add_strided_unless::<I, VALUE, WRITER>(
-                    at,
-                    base,
-                    (at.index as usize) << pool::STRIDE_SHIFT,
-                    1,
-                    state,
-                )
-            },
+            |_, at| self.enter_section(counts, at),
             // Every slow form is atomic: on a stopped index, on the spare (which no section
             // touches), or in degraded mode (where no section runs at all).
             |slow| {
@@ -457,34 +476,40 @@ impl<T: ?Sized, I: Index> RwLock<T, I> {
         Enter::Undone
     }
 
+    /// In degraded mode: the current CPU's count.
+    #[inline(always)]
+    fn degraded_count(counts: &Counts<I>) -> &AtomicUsize {
+        // SAFETY: `degraded_index` is below the number of indices.
+        &unsafe { counts.slot_unchecked(thread::degraded_index()) }.value
+    }
+
     /// One attempt at a read lock from the cold paths: takes the counts first if needed.
     fn attempt(&self) -> Enter {
-        match self.counts_or_init() {
+        match self.counts().or_else(|| self.counts_or_init()) {
+            // Degraded mode: no section runs anywhere, so the current CPU's count takes atomic
+            // updates without a guard (what the driver would hand over, after a failed section).
+            Some(c) if thread::degraded() => self.enter_atomic(Self::degraded_count(&c)),
             Some(c) => self.enter(&c),
             None => self.enter_atomic(&self.head.shared),
         }
     }
 
-    /// The rest of [`read`](Self::read), after a first attempt that did not get in (or none,
-    /// before the counts exist).
+    /// The rest of [`read`](Self::read), after a first section that did not commit (or none,
+    /// before the counts exist): the driver's attempts, waiting for the writer between them.
     #[cold]
     #[inline(never)]
-    fn read_slow(&self, first: Option<Enter>) -> RwLockReadGuard<'_, T, I> {
-        let mut last = first;
+    fn read_slow(&self) -> RwLockReadGuard<'_, T, I> {
         loop {
-            match last {
-                Some(Enter::In) => {
+            match self.attempt() {
+                Enter::In => {
                     fence(Acquire);
                     return RwLockReadGuard { lock: self };
                 }
                 // A slow path counted and undid: a writer may be sleeping on that count.
-                Some(Enter::Undone) => self.wake_drainer_if_needed(),
-                Some(Enter::Writer) | None => {}
+                Enter::Undone => self.wake_drainer_if_needed(),
+                Enter::Writer => {}
             }
-            if last.is_some() {
-                self.wait_for_writer();
-            }
-            last = Some(self.attempt());
+            self.wait_for_writer();
         }
     }
 
@@ -518,15 +543,26 @@ impl<T: ?Sized, I: Index> RwLock<T, I> {
         // on x86-64; this orders the compiler).
         fence(Release);
         match self.counts() {
+            // Inline: one section; an abort, a stopped count or no rseq go through the driver.
+            Some(counts) if retry::one_section(&counts, |_, at| Self::leave_section(&counts, at)) == Outcome::Committed => {}
+            counts => self.leave_slow(counts),
+        }
+        self.wake_drainer_if_needed();
+    }
+
+    /// The read unlock through the driver (or on the `shared` count, when the read lock was
+    /// taken before the per-CPU counts existed and they still do not).
+    #[cold]
+    #[inline(never)]
+    fn leave_slow(&self, counts: Option<Counts<I>>) {
+        match counts {
+            Some(counts) if thread::degraded() => {
+                Self::degraded_count(&counts).fetch_sub(1, SeqCst);
+            }
             Some(counts) => {
-                let base = counts.first.as_ptr().cast::<u8>();
                 let _ = retry::drive(
                     &counts,
-                    // SAFETY: as for `enter`: the count of `at.index` is written only by sections
-                    // on that index, under its guard, or atomically when no section can run on it.
-                    move |_, at| unsafe {
-                        arch::add_strided::<I, VALUE>(at, base, (at.index as usize) << pool::STRIDE_SHIFT, usize::MAX)
-                    },
+                    |_, at| Self::leave_section(&counts, at),
                     |slow| {
                         let (Slow::Stopped(count, _) | Slow::Spare(count) | Slow::Degraded(count, _)) = slow;
                         count.fetch_sub(1, SeqCst);
@@ -538,7 +574,6 @@ impl<T: ?Sized, I: Index> RwLock<T, I> {
                 self.head.shared.fetch_sub(1, SeqCst);
             }
         }
-        self.wake_drainer_if_needed();
     }
 
     /// After a decrement: if the writer may be sleeping until the readers drain, wake it. (The
