@@ -158,7 +158,8 @@ fn reads(c: &mut Criterion) {
     let cpus = restartable::sys::online_cpus();
     for (mix, every) in [("0", None), ("0.1", Some(1000)), ("1", Some(100))] {
         for threads in [1, 2 * cpus, 4 * cpus] {
-            let mut g = c.benchmark_group(format!("read-{mix}%-writes-{threads}-thread{}", if threads == 1 { "" } else { "s" }));
+            let mut g = c
+                .benchmark_group(format!("read-{mix}%-writes-{threads}-thread{}", if threads == 1 { "" } else { "s" }));
             case(&mut g, "restartable RwLock", threads, &RwLock::new(Pair::default()), every);
             case(&mut g, "std RwLock", threads, &StdRwLock::new(Pair::default()), every);
             case(&mut g, "parking_lot RwLock", threads, &parking_lot::RwLock::new(Pair::default()), every);

@@ -9,7 +9,8 @@
 //! reader that finds a writer, is a failure) and the data (writers keep `b == 2 * a` with a gap
 //! between the two stores, and count their writes: a torn read or a lost write is a failure).
 //! No test's verdict depends on timing. Scenarios that could hang run in a child process with a
-//! deadline, in fast mode (glibc's registration and our own) and degraded mode.
+//! deadline, in fast mode (glibc's registration and our own) and degraded mode, or in this
+//! process under a watchdog that aborts it (with the test's name) past the same deadline.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
@@ -30,6 +31,26 @@ fn in_children(name: &str, modes: &[&[(&str, &str)]]) {
         assert!(out.status.success(), "{name} {env:?}:\n{}", testkit::describe(&out));
         eprintln!("{name} {env:?}: ok in {:.1?}", started.elapsed());
     }
+}
+
+/// Run `f`; if it is still running after [`DEADLINE`], abort the whole test process with a
+/// message (a lock that hangs fails the suite instead of hanging it).
+fn watchdog<R>(what: &str, f: impl FnOnce() -> R) -> R {
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let (flag, name) = (done.clone(), what.to_string());
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        while !flag.load(SeqCst) {
+            if start.elapsed() > DEADLINE {
+                eprintln!("{name}: still running after {DEADLINE:?}: a hang (aborting the test process)");
+                std::process::abort();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let r = f();
+    done.store(true, SeqCst);
+    r
 }
 
 fn cores() -> usize {
@@ -295,18 +316,22 @@ fn exclusion<I: Index>() {
 /// lock, and a writer thread all the while.
 #[test]
 fn exclusion_under_contention_by_cpu() {
-    exclusion::<Cpu>();
+    watchdog("exclusion_under_contention_by_cpu", exclusion::<Cpu>);
 }
 
 #[test]
 fn exclusion_under_contention_by_mm_cid() {
-    exclusion::<MmCid>();
+    watchdog("exclusion_under_contention_by_mm_cid", exclusion::<MmCid>);
 }
 
 /// Read-mostly: 1 write in 1000, readers pinned and moved between CPUs: the per-CPU counts go
 /// negative on some CPUs, and their sum still drains to exactly zero.
 #[test]
 fn readers_that_migrate_leave_an_exact_sum() {
+    watchdog("readers_that_migrate_leave_an_exact_sum", readers_that_migrate_leave_an_exact_sum_body);
+}
+
+fn readers_that_migrate_leave_an_exact_sum_body() {
     let lock = RwLock::<Pair>::default();
     let probe = Probe::default();
     let n = cores();
@@ -335,8 +360,10 @@ fn readers_that_migrate_leave_an_exact_sum() {
 /// not wait for the writer, even after it moved to another CPU.
 #[test]
 fn a_pending_writer_waits_for_a_sleeping_reader_and_holds_off_new_ones() {
-    pending_writer::<Cpu>();
-    pending_writer::<MmCid>();
+    watchdog("pending_writer", || {
+        pending_writer::<Cpu>();
+        pending_writer::<MmCid>();
+    });
 }
 
 fn pending_writer<I: Index>() {
@@ -383,6 +410,10 @@ fn pending_writer<I: Index>() {
 /// still completes.
 #[test]
 fn writers_do_not_starve() {
+    watchdog("writers_do_not_starve", writers_do_not_starve_body);
+}
+
+fn writers_do_not_starve_body() {
     let lock = RwLock::<Pair>::default();
     let probe = Probe::default();
     let done = AtomicBool::new(false);
@@ -407,6 +438,10 @@ fn writers_do_not_starve() {
 /// Writers only: the writer bit excludes them from each other.
 #[test]
 fn writers_exclude_each_other() {
+    watchdog("writers_exclude_each_other", writers_exclude_each_other_body);
+}
+
+fn writers_exclude_each_other_body() {
     let lock = RwLock::<Pair>::default();
     let probe = Probe::default();
     std::thread::scope(|s| {
@@ -457,10 +492,11 @@ fn other_registration_and_degraded_mode() {
 #[cfg(not(restartable_portable))]
 #[test]
 fn without_rseq() {
-    let out = testkit::run_self_as_child(
+    let out = testkit::run_self_as_child_timeout(
         "modes_child",
         &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
         &[(testkit::SYS_RSEQ, libc::ENOSYS)],
+        DEADLINE,
     );
     assert!(out.status.success(), "{}", testkit::describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("degraded"), "{}", testkit::describe(&out));
@@ -689,15 +725,15 @@ continue
 "#;
     let path = std::env::temp_dir().join(format!("restartable-rwlock-gdb-{}", std::process::id()));
     std::fs::write(&path, script).unwrap();
-    let out = std::process::Command::new("gdb")
-        .args(["-nx", "-batch", "-x"])
+    let mut gdb = std::process::Command::new("gdb");
+    gdb.args(["-nx", "-batch", "-x"])
         .arg(&path)
         .arg("--args")
         .arg(std::env::current_exe().unwrap())
         .args(["gdb_rwlock_child", "--exact", "--nocapture", "--test-threads=1"])
-        .env("RESTARTABLE_RWLOCK_GDB_CHILD", "4")
-        .output()
-        .expect("gdb must be installed (.ci/run installs it)");
+        .env("RESTARTABLE_RWLOCK_GDB_CHILD", "4");
+    let out = testkit::output_with_timeout(gdb, DEADLINE);
+    assert!(out.status.code() != Some(127), "gdb must be installed (.ci/run installs it): {}", testkit::describe(&out));
     let _ = std::fs::remove_file(&path);
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("REACHED_DONE"), "the read lock never completed under stepi:\n{text}");

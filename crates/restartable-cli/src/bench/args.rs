@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-
 /// Rounds per cell unless `--rounds` says otherwise (odd, so the median is one round).
 pub const DEFAULT_ROUNDS: usize = 3;
 /// The most threads one measurement may use.

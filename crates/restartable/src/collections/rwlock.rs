@@ -544,7 +544,8 @@ impl<T: ?Sized, I: Index> RwLock<T, I> {
         fence(Release);
         match self.counts() {
             // Inline: one section; an abort, a stopped count or no rseq go through the driver.
-            Some(counts) if retry::one_section(&counts, |_, at| Self::leave_section(&counts, at)) == Outcome::Committed => {}
+            Some(counts)
+                if retry::one_section(&counts, |_, at| Self::leave_section(&counts, at)) == Outcome::Committed => {}
             counts => self.leave_slow(counts),
         }
         self.wake_drainer_if_needed();
