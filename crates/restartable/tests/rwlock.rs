@@ -280,7 +280,7 @@ fn contend<I: Index>(lock: &RwLock<Pair, I>, probe: &Probe, threads: usize, ops:
                 let (lock, probe) = (&lock, &probe);
                 s.spawn(move || {
                     for k in 0..ops {
-                        if (k + t as u64) % write_every == 0 {
+                        if (k + t as u64).is_multiple_of(write_every) {
                             probe.write(&mut lock.write());
                             continue;
                         }

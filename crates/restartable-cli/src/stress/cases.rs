@@ -469,7 +469,7 @@ fn rwlock<I: Index>(cfg: &Config) -> std::io::Result<Found> {
                     if k % 64 == 63 {
                         inside.write(&mut lock.write());
                         writes += 1;
-                    } else if k % 2 == 0 {
+                    } else if k.is_multiple_of(2) {
                         // Hold the read lock across the pacer: its disturbances (sleep, signals,
                         // yield) happen while this reader is inside.
                         let g = lock.read();
