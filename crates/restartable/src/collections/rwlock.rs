@@ -3,111 +3,8 @@
 //! writer that stops new readers, fences every CPU and waits for the counts to drain (the
 //! kernel's percpu-rwsem, in user space).
 //!
-//! # The protocol
-//!
-//! The lock has one *state word* (a writer bit and waiter bits, read by every reader, written
-//! only by writers and sleeping threads) and reader counts: one `usize` per CPU in the strided
-//! per-CPU [pool](crate::pool) (allocated at the first lock, so [`RwLock::new`] is `const` and
-//! allocates nothing), the pool's spare slot, and one `shared` word in the lock itself (used only
-//! if the pool cannot give the per-CPU counts). A count may go negative; only their **sum** means
-//! anything: the number of read guards alive, plus transient increments of slow paths that are
-//! about to be undone.
-//!
-//! - **Read lock**: one critical section on the current CPU's count
-//!   (`add_strided_unless`): check the CPU, check the count's per-CPU guard word (`Stopped`:
-//!   another slow path owns this CPU's count), check the writer bit of the state word
-//!   (`CompareFailed`: a writer is pending), commit `count += 1` with one memory-destination
-//!   `add`. If a writer is pending the reader waits for the state word to change (spin, then
-//!   futex) and tries again: **new readers wait while a writer is pending**, so writers do not
-//!   starve.
-//! - **Read unlock**: one critical section `count -= 1` on whatever CPU the thread is on by then
-//!   (it checks the count's guard word, never the writer bit), then one load of the state word:
-//!   if the writer is sleeping until the readers drain, wake it. **An unlock never waits for a
-//!   writer.**
-//! - **Write lock**: set the writer bit (compare-exchange; writers queue on the state word's
-//!   futex), then the *fence*: membarrier's rseq fence on every CPU, which restarts every read
-//!   section in flight and orders every thread's earlier memory accesses before the writer's
-//!   later ones. Then wait until the sum of the counts is zero: spin, then set the `DRAINING` bit,
-//!   fence once more, and sleep on a futex that unlocking readers bump. **Write unlock**: clear
-//!   the state word and wake whoever sleeps on it.
-//! - **Slow paths** (64 aborts in a row under a debugger or a signal storm, a stopped count, a
-//!   thread without rseq, a signal handler that interrupted its own thread's slow path) never mix
-//!   plain section updates with atomic ones on the same word: they either take the count's
-//!   per-CPU guard (which stops that CPU's sections, with the fence) and then use atomic
-//!   instructions, or use the spare slot or the `shared` word, which no section ever touches. A
-//!   slow read lock is `count.fetch_add(1)`, then a `SeqCst` load of the state word, undoing the
-//!   increment (and waking a draining writer) if the writer bit is set.
-//! - **Degraded mode** (no rseq or no membarrier rseq fence: valgrind, seccomp,
-//!   `GLIBC_TUNABLES=glibc.pthread.rseq=0` on a kernel without rseq, `--cfg restartable_portable`):
-//!   no section runs anywhere, readers use `fetch_add` / `fetch_sub` on the current CPU's count
-//!   (no guard, no lock), and the writer's fence is a `SeqCst` fence.
-//!
-//! # Why a reader and a writer never both hold the lock
-//!
-//! *No update of a count is lost*, so the sum is exact: each count word is changed only by
-//! critical sections on its own CPU (a single-instruction commit, after a check of the word's
-//! guard inside the section), or by atomic read-modify-writes made while the guard is held and
-//! every section of that CPU has been fenced, or (spare, `shared`, and every word in degraded
-//! mode, where no section runs) by atomic read-modify-writes only.
-//!
-//! *After the writer's fence, no reader can newly hold the lock.* The writer sets the writer bit
-//! (`SeqCst`) and then fences. A read lock through a critical section read the bit inside the
-//! section before its commit: if the section had not finished at the fence, the fence restarted
-//! it (it runs again and sees the bit); if it had, its increment is visible to the writer's loads
-//! after the fence. A read lock through a slow path increments with `SeqCst` and then loads the
-//! bit with `SeqCst` (Dekker's pattern against the writer's `SeqCst` store and fence): either it
-//! sees the bit and undoes its increment on the same word, or its increment comes before the
-//! writer's scan in the single total order of `SeqCst` operations. So every reader that holds the
-//! lock after the fence has an increment the writer's scan sees.
-//!
-//! *Zero means no reader.* The scan reads the words one by one while unlocks (and transient slow
-//! path increments and undos) continue. Count each reader's share of the scanned sum: its
-//! increment is visible (above) and its decrement is seen or not, so it adds 1 or 0, and 1 if it
-//! still holds at the end of the scan; a transient increment and its undo are on the same word,
-//! so the scan sees both, neither, or only the increment: it adds 1 or 0. Every share is at least
-//! zero, so a sum of zero means that every reader that held the lock had released it, and the
-//! writer proceeds. (The arithmetic wraps at 2^64; the true sum is between 0 and the number of
-//! guards alive, so nothing is ambiguous.)
-//!
-//! *Writers exclude each other* with the writer bit: it is set by a compare-exchange only when
-//! clear and cleared only by its holder. *Data* is ordered by the same edges: a reader's
-//! accesses happen before its unlock's commit (a release store: every x86-64 store is one), which
-//! the writer's scan reads before its acquire fence; a writer's accesses happen before its
-//! release store of the state word, which a later reader's section reads before its loads of the
-//! data (x86-64 keeps loads in order).
-//!
-//! The writer's sleep cannot miss the last unlock: it reads the futex word, sets `DRAINING`,
-//! fences, and scans; an unlocking reader decrements and then loads the state word. Either the
-//! decrement was visible to the scan, or it came after the fence on its CPU, and then the reader
-//! saw `DRAINING` and bumps the futex word after the writer read it (so the writer's
-//! `futex_wait` returns at once, or the reader's wake ends it).
-//!
-//! *Progress*: an unlock completes without waiting for anything but, at worst, a per-CPU guard
-//! held for the few instructions of another slow path (a thread that holds a guard itself uses the
-//! spare slot instead), and a writer never holds a per-CPU guard. So a writer waits only for
-//! readers that are free to leave, and readers wait only for a writer that finishes once they do.
-//!
-//! # Costs
-//!
-//! A read lock and unlock are two critical sections on the current CPU's cache line plus one read
-//! of the lock's state word, which every CPU keeps in its cache while no writer comes: no atomic
-//! read-modify-write, no shared line written. A write lock costs a membarrier system call (an
-//! inter-processor interrupt to every CPU running one of this process's threads: microseconds),
-//! and waits for readers: this lock is for data that is read far more often than written.
-//!
-//! # Async-signal safety
-//!
-//! [`try_read`](RwLock::try_read), [`try_write`](RwLock::try_write) and dropping either guard are
-//! async-signal-safe: they never wait (a handler that interrupted its own thread's slow path
-//! increments the spare slot instead of waiting for the guard its thread holds), allocate nothing
-//! once the lock has been used (the first use takes per-CPU memory from the pool, which a nested
-//! use answers with the `shared` count instead), and a `try_write` that finds the lock held just
-//! says `None`. [`read`](RwLock::read) and [`write`](RwLock::write) are not: like any lock, a
-//! handler that waits for a writer while its own thread holds the read lock (or for readers while
-//! its thread holds one) waits forever. The test `signal_handler_uses_the_lock_its_thread_is_in`
-//! (`tests/rwlock.rs`) calls both `try_` forms from a `SIGALRM` handler every 50 us while its
-//! thread locks and unlocks on CPU 0 with every abort sent to the slow path and another thread
-//! writes, in fast and degraded mode.
+//! The protocol, its correctness argument, costs and async-signal safety are documented on
+//! [`RwLock`].
 
 use core::cell::UnsafeCell;
 use core::fmt;
@@ -158,8 +55,8 @@ struct Head {
 /// A reader-writer lock whose read lock and unlock are one rseq critical section each on the
 /// current CPU's reader count: readers on different CPUs write no common cache line, so reads
 /// scale with cores. A writer stops new readers, fences every CPU (membarrier's rseq fence) and
-/// waits for the readers to leave; new readers wait while a writer is pending. See the
-/// [module documentation](self) for the protocol and why it excludes.
+/// waits for the readers to leave; new readers wait while a writer is pending (the protocol and
+/// why it excludes are below).
 ///
 /// Readers may sleep, migrate to other CPUs and be interrupted by signals while they hold the
 /// lock: the unlock runs on whatever CPU the thread is on by then. The lock is not poisoned by a
@@ -196,6 +93,112 @@ struct Head {
 /// holds one can deadlock (a writer that arrived in between waits for the first, and the second
 /// waits for the writer), and so does `write` on a thread that holds either lock. A read guard
 /// that is leaked (`mem::forget`) keeps writers out forever.
+///
+/// # The protocol
+///
+/// The lock has one *state word* (a writer bit and waiter bits, read by every reader, written
+/// only by writers and sleeping threads) and reader counts: one `usize` per CPU in the strided
+/// per-CPU [pool](crate::pool) (allocated at the first lock, so [`RwLock::new`] is `const` and
+/// allocates nothing), the pool's spare slot, and one `shared` word in the lock itself (used only
+/// if the pool cannot give the per-CPU counts). A count may go negative; only their **sum** means
+/// anything: the number of read guards alive, plus transient increments of slow paths that are
+/// about to be undone.
+///
+/// - **Read lock**: one critical section on the current CPU's count
+///   (`add_strided_unless`): check the CPU, check the count's per-CPU guard word (`Stopped`:
+///   another slow path owns this CPU's count), check the writer bit of the state word
+///   (`CompareFailed`: a writer is pending), commit `count += 1` with one memory-destination
+///   `add`. If a writer is pending the reader waits for the state word to change (spin, then
+///   futex) and tries again: **new readers wait while a writer is pending**, so writers do not
+///   starve.
+/// - **Read unlock**: one critical section `count -= 1` on whatever CPU the thread is on by then
+///   (it checks the count's guard word, never the writer bit), then one load of the state word:
+///   if the writer is sleeping until the readers drain, wake it. **An unlock never waits for a
+///   writer.**
+/// - **Write lock**: set the writer bit (compare-exchange; writers queue on the state word's
+///   futex), then the *fence*: membarrier's rseq fence on every CPU, which restarts every read
+///   section in flight and orders every thread's earlier memory accesses before the writer's
+///   later ones. Then wait until the sum of the counts is zero: spin, then set the `DRAINING` bit,
+///   fence once more, and sleep on a futex that unlocking readers bump. **Write unlock**: clear
+///   the state word and wake whoever sleeps on it.
+/// - **Slow paths** (64 aborts in a row under a debugger or a signal storm, a stopped count, a
+///   thread without rseq, a signal handler that interrupted its own thread's slow path) never mix
+///   plain section updates with atomic ones on the same word: they either take the count's
+///   per-CPU guard (which stops that CPU's sections, with the fence) and then use atomic
+///   instructions, or use the spare slot or the `shared` word, which no section ever touches. A
+///   slow read lock is `count.fetch_add(1)`, then a `SeqCst` load of the state word, undoing the
+///   increment (and waking a draining writer) if the writer bit is set.
+/// - **Degraded mode** (no rseq or no membarrier rseq fence: valgrind, seccomp,
+///   `GLIBC_TUNABLES=glibc.pthread.rseq=0` on a kernel without rseq, `--cfg restartable_portable`):
+///   no section runs anywhere, readers use `fetch_add` / `fetch_sub` on the current CPU's count
+///   (no guard, no lock), and the writer's fence is a `SeqCst` fence.
+///
+/// # Why a reader and a writer never both hold the lock
+///
+/// *No update of a count is lost*, so the sum is exact: each count word is changed only by
+/// critical sections on its own CPU (a single-instruction commit, after a check of the word's
+/// guard inside the section), or by atomic read-modify-writes made while the guard is held and
+/// every section of that CPU has been fenced, or (spare, `shared`, and every word in degraded
+/// mode, where no section runs) by atomic read-modify-writes only.
+///
+/// *After the writer's fence, no reader can newly hold the lock.* The writer sets the writer bit
+/// (`SeqCst`) and then fences. A read lock through a critical section read the bit inside the
+/// section before its commit: if the section had not finished at the fence, the fence restarted
+/// it (it runs again and sees the bit); if it had, its increment is visible to the writer's loads
+/// after the fence. A read lock through a slow path increments with `SeqCst` and then loads the
+/// bit with `SeqCst` (Dekker's pattern against the writer's `SeqCst` store and fence): either it
+/// sees the bit and undoes its increment on the same word, or its increment comes before the
+/// writer's scan in the single total order of `SeqCst` operations. So every reader that holds the
+/// lock after the fence has an increment the writer's scan sees.
+///
+/// *Zero means no reader.* The scan reads the words one by one while unlocks (and transient slow
+/// path increments and undos) continue. Count each reader's share of the scanned sum: its
+/// increment is visible (above) and its decrement is seen or not, so it adds 1 or 0, and 1 if it
+/// still holds at the end of the scan; a transient increment and its undo are on the same word,
+/// so the scan sees both, neither, or only the increment: it adds 1 or 0. Every share is at least
+/// zero, so a sum of zero means that every reader that held the lock had released it, and the
+/// writer proceeds. (The arithmetic wraps at 2^64; the true sum is between 0 and the number of
+/// guards alive, so nothing is ambiguous.)
+///
+/// *Writers exclude each other* with the writer bit: it is set by a compare-exchange only when
+/// clear and cleared only by its holder. *Data* is ordered by the same edges: a reader's
+/// accesses happen before its unlock's commit (a release store: every x86-64 store is one), which
+/// the writer's scan reads before its acquire fence; a writer's accesses happen before its
+/// release store of the state word, which a later reader's section reads before its loads of the
+/// data (x86-64 keeps loads in order).
+///
+/// The writer's sleep cannot miss the last unlock: it reads the futex word, sets `DRAINING`,
+/// fences, and scans; an unlocking reader decrements and then loads the state word. Either the
+/// decrement was visible to the scan, or it came after the fence on its CPU, and then the reader
+/// saw `DRAINING` and bumps the futex word after the writer read it (so the writer's
+/// `futex_wait` returns at once, or the reader's wake ends it).
+///
+/// *Progress*: an unlock completes without waiting for anything but, at worst, a per-CPU guard
+/// held for the few instructions of another slow path (a thread that holds a guard itself uses the
+/// spare slot instead), and a writer never holds a per-CPU guard. So a writer waits only for
+/// readers that are free to leave, and readers wait only for a writer that finishes once they do.
+///
+/// # Costs
+///
+/// A read lock and unlock are two critical sections on the current CPU's cache line plus one read
+/// of the lock's state word, which every CPU keeps in its cache while no writer comes: no atomic
+/// read-modify-write, no shared line written. A write lock costs a membarrier system call (an
+/// inter-processor interrupt to every CPU running one of this process's threads: microseconds),
+/// and waits for readers: this lock is for data that is read far more often than written.
+///
+/// # Async-signal safety
+///
+/// [`try_read`](RwLock::try_read), [`try_write`](RwLock::try_write) and dropping either guard are
+/// async-signal-safe: they never wait (a handler that interrupted its own thread's slow path
+/// increments the spare slot instead of waiting for the guard its thread holds), allocate nothing
+/// once the lock has been used (the first use takes per-CPU memory from the pool, which a nested
+/// use answers with the `shared` count instead), and a `try_write` that finds the lock held just
+/// says `None`. [`read`](RwLock::read) and [`write`](RwLock::write) are not: like any lock, a
+/// handler that waits for a writer while its own thread holds the read lock (or for readers while
+/// its thread holds one) waits forever. The test `signal_handler_uses_the_lock_its_thread_is_in`
+/// (`tests/rwlock.rs`) calls both `try_` forms from a `SIGALRM` handler every 50 us while its
+/// thread locks and unlocks on CPU 0 with every abort sent to the slow path and another thread
+/// writes, in fast and degraded mode.
 #[repr(C)]
 pub struct RwLock<T: ?Sized, I: Index = Cpu> {
     head: CachePadded<Head>,
