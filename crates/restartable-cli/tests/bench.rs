@@ -232,6 +232,42 @@ fn collections_table_shows_the_operation_and_every_row() {
     assert!(!text.contains("Counter::add") && !text.contains("take()"), "{text}");
 }
 
+/// `bench --rwlock`: every row at every thread count (every read checked, every write
+/// counted: success means both held), the degraded row from its child, and the uncontended
+/// write latency of every lock, in the JSON and in the table.
+#[test]
+fn rwlock_suite_reports_every_row_and_the_write_latency() {
+    let out = bench(&["--rwlock", "--threads", "1,3", "--duration", "0.005", "--rounds", "1", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+    assert_eq!(v["suite"], "rwlock", "{v}");
+    let keys: Vec<&str> = v["results"].as_array().expect("results").iter().filter_map(|r| r["key"].as_str()).collect();
+    for lock in ["rwlock", "std-rwlock", "parking-lot-rwlock", "sharded-lock", "arc-swap"] {
+        for mix in ["0", "0.1", "1"] {
+            assert!(keys.contains(&format!("{lock}-{mix}").as_str()), "{lock}-{mix} in {keys:?}");
+        }
+    }
+    assert!(keys.contains(&"rwlock-degraded"), "{keys:?}");
+    for r in v["results"].as_array().unwrap() {
+        for c in r["cells"].as_array().expect("cells") {
+            assert!(positive(&c["ns_per_op"]) && positive(&c["ops"]), "{r}");
+        }
+    }
+    let rows = v["latencies"]["rows"].as_array().unwrap_or_else(|| panic!("latencies: {v}"));
+    let lat_keys: Vec<&str> = rows.iter().filter_map(|r| r["key"].as_str()).collect();
+    assert_eq!(lat_keys, ["rwlock", "std-rwlock", "parking-lot-rwlock", "sharded-lock", "arc-swap", "timer"]);
+    for r in rows {
+        assert!(positive(&r["samples"]) && r["p99_ns"].as_f64() >= r["median_ns"].as_f64(), "{r}");
+    }
+    let out = bench(&["--rwlock", "--threads", "2", "--duration", "0.005", "--rounds", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    for row in ["restartable RwLock, 0% writes", "ShardedLock, 1% writes", "ArcSwap load, 0.1% writes"] {
+        assert!(text.lines().any(|l| l.starts_with(row)), "row {row}: {text}");
+    }
+    assert!(text.contains("uncontended write lock + unlock") && text.contains("p99"), "{text}");
+}
+
 #[test]
 fn degraded_child_refuses_fast_mode_and_runs_degraded() {
     // The hidden child entry point: in a fast-mode process it must refuse (exit 1, message).
@@ -278,6 +314,8 @@ fn bad_arguments_fail_cleanly() {
         &["--collections=yes"],
         // The degraded child measures a counter: it is not a collections run.
         &["--collections", "--internal-only", "counter-degraded"],
+        &["--rwlock", "--collections"],
+        &["--rwlock", "--internal-only", "rwlock-degraded"],
     ];
     for args in cases {
         let out = bench(args);
