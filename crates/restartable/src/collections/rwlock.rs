@@ -118,9 +118,10 @@ struct Head {
 /// - **Write lock**: set the writer bit (compare-exchange; writers queue on the state word's
 ///   futex), then the *fence*: membarrier's rseq fence on every CPU, which restarts every read
 ///   section in flight and orders every thread's earlier memory accesses before the writer's
-///   later ones. Then wait until the sum of the counts is zero: spin, then set the `DRAINING` bit,
-///   fence once more, and sleep on a futex that unlocking readers bump. **Write unlock**: clear
-///   the state word and wake whoever sleeps on it.
+///   later ones. Then wait until the sum of the counts is zero: spin, then sleep on a futex that
+///   unlocking readers bump (the writer sets a `DRAINING` bit with the writer bit, before its one
+///   fence, so that every unlock after the fence sees it). **Write unlock**: clear the state word
+///   and wake whoever sleeps on it.
 /// - **Slow paths** (64 aborts in a row under a debugger or a signal storm, a stopped count, a
 ///   thread without rseq, a signal handler that interrupted its own thread's slow path) never mix
 ///   plain section updates with atomic ones on the same word: they either take the count's
@@ -167,11 +168,14 @@ struct Head {
 /// release store of the state word, which a later reader's section reads before its loads of the
 /// data (x86-64 keeps loads in order).
 ///
-/// The writer's sleep cannot miss the last unlock: it reads the futex word, sets `DRAINING`,
-/// fences, and scans; an unlocking reader decrements and then loads the state word. Either the
-/// decrement was visible to the scan, or it came after the fence on its CPU, and then the reader
-/// saw `DRAINING` and bumps the futex word after the writer read it (so the writer's
-/// `futex_wait` returns at once, or the reader's wake ends it).
+/// The writer's sleep cannot miss the last unlock: it sets `DRAINING` (with the writer bit),
+/// fences, then reads the futex word and scans; an unlocking reader decrements and then loads
+/// the state word. Either the decrement was visible to the fence (then to the scan), or it came
+/// after the fence on its CPU, and then the reader saw `DRAINING` and bumps the futex word (a
+/// locked instruction, after its decrement): if the writer read the word after the bump, its
+/// scan sees the decrement; if before, its `futex_wait` returns at once or the reader's wake ends
+/// it. (Readers that unlock while a writer spins pay one futex wake each, which is cheaper than
+/// the second fence that setting `DRAINING` only before sleeping would need.)
 ///
 /// *Progress*: an unlock completes without waiting for anything but, at worst, a per-CPU guard
 /// held for the few instructions of another slow path (a thread that holds a guard itself uses the
@@ -342,11 +346,11 @@ impl<T: ?Sized, I: Index> RwLock<T, I> {
     /// seccomp filter installed later forbids membarrier). The lock is released first.
     pub fn write(&self) -> RwLockWriteGuard<'_, T, I> {
         self.lock_writer();
-        let fenced = self.barrier().and_then(|()| self.wait_for_readers());
-        if let Err(e) = fenced {
+        if let Err(e) = self.barrier() {
             self.unlock_writer();
             panic!("RwLock::write: {e}");
         }
+        self.wait_for_readers();
         fence(Acquire);
         RwLockWriteGuard { lock: self }
     }
@@ -597,14 +601,14 @@ impl<T: ?Sized, I: Index> RwLock<T, I> {
 
     // ---- writers ------------------------------------------------------------------------------
 
-    /// Set the writer bit: wait (spin, then sleep) while another writer has it.
+    /// Set the writer bit and `DRAINING`: wait (spin, then sleep) while another writer has it.
     fn lock_writer(&self) {
         let s = &self.head.state;
         let backoff = Backoff::new();
         loop {
             let cur = s.load(Relaxed);
             if cur & WRITER == 0 {
-                if s.compare_exchange_weak(cur, cur | WRITER, SeqCst, Relaxed).is_ok() {
+                if s.compare_exchange_weak(cur, cur | WRITER | DRAINING, SeqCst, Relaxed).is_ok() {
                     return;
                 }
                 continue;
@@ -651,28 +655,22 @@ impl<T: ?Sized, I: Index> RwLock<T, I> {
         sum
     }
 
-    /// After the fence: wait until the readers' sum is zero. Spin, then sleep on `drain` with
-    /// `DRAINING` set (one more fence makes every later unlock see it).
-    fn wait_for_readers(&self) -> Result<(), guard::GuardError> {
+    /// After the fence (with `DRAINING` set before it): wait until the readers' sum is zero.
+    /// Spin, then sleep on `drain`, which every unlock after the fence bumps.
+    fn wait_for_readers(&self) {
         let backoff = Backoff::new();
-        while !backoff.is_completed() {
-            if self.readers() == 0 {
-                return Ok(());
-            }
-            backoff.snooze();
-        }
-        let mut fenced = false;
         loop {
+            // The futex word before the scan: an unlock that bumps it later wakes the sleep.
             let seq = self.head.drain.load(SeqCst);
-            if !fenced {
-                self.head.state.fetch_or(DRAINING, SeqCst);
-                self.barrier()?;
-                fenced = true;
-            }
             if self.readers() == 0 {
-                return Ok(());
+                return;
             }
-            let _ = futex::wait(&self.head.drain, futex::Flags::PRIVATE, seq, None);
+            if backoff.is_completed() {
+                // EAGAIN (bumped since) and EINTR both mean: scan again.
+                let _ = futex::wait(&self.head.drain, futex::Flags::PRIVATE, seq, None);
+            } else {
+                backoff.snooze();
+            }
         }
     }
 
