@@ -117,4 +117,6 @@ no_sections! {
     ring_pop_word(count: *mut usize, out: *mut usize);
     ring_push_bytes(count: *mut usize, cap: usize, src: *const u8, size: usize);
     ring_pop_bytes(count: *mut usize, dst: *mut u8, size: usize);
+    cache_pop(word: *mut usize, out: *mut usize);
+    cache_push(word: *mut usize, cap: usize, value: usize);
 }

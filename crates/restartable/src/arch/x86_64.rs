@@ -597,6 +597,55 @@ pub(crate) unsafe fn ring_pop_bytes<F: Field>(at: At, count: *mut usize, dst: *m
     Outcome::Committed
 }
 
+/// Allocator cache pop (`alloc::PerCpuAlloc`): `w = *word; c = w & 0xffff; if c == 0 {
+/// CompareFailed /* empty */ }; *out = items[c - 1]; *word = w - 1 + (1 << 16)`: the items are
+/// words right after `word`, whose low 16 bits count them and whose upper 48 bits count the pops
+/// (cache hits). The commit is one memory-destination add; `*out` is written before it.
+#[inline(always)]
+pub(crate) unsafe fn cache_pop<F: Field>(at: At, word: *mut usize, out: *mut usize) -> Outcome {
+    // SAFETY: the contract above.
+    unsafe {
+        section!(F::FIELD, at, [
+            "movzx {c:e}, word ptr [{word}]",
+            "test {c:e}, {c:e}",
+            "jz {cmpfail}",
+            exit_point!("cmpfail"),
+            "mov {t}, qword ptr [{word} + {c} * 8]",
+            "mov qword ptr [{out}], {t}",
+            point!(4),
+            point!(5),
+            "add qword ptr [{word}], 0xffff",
+        ], [
+            word = in(reg) word, out = in(reg) out, c = out(reg) _, t = out(reg) _,
+            cmpfail = label { return Outcome::CompareFailed },
+        ]);
+    }
+    Outcome::Committed
+}
+
+/// Allocator cache push: `c = *word & 0xffff; if c >= cap { CompareFailed /* full */ };
+/// items[c] = value; *word += 1` (the layout of [`cache_pop`]; the commit is one add).
+#[inline(always)]
+pub(crate) unsafe fn cache_push<F: Field>(at: At, word: *mut usize, cap: usize, value: usize) -> Outcome {
+    // SAFETY: the contract above.
+    unsafe {
+        section!(F::FIELD, at, [
+            "movzx {c:e}, word ptr [{word}]",
+            "cmp {c}, {cap}",
+            "jae {cmpfail}",
+            exit_point!("cmpfail"),
+            "mov qword ptr [{word} + {c} * 8 + 8], {value}",
+            point!(4),
+            point!(5),
+            "add qword ptr [{word}], 1",
+        ], [
+            word = in(reg) word, cap = in(reg) cap, value = in(reg) value, c = out(reg) _,
+            cmpfail = label { return Outcome::CompareFailed },
+        ]);
+    }
+    Outcome::Committed
+}
+
 /// `if *v != expect || *v2 != expect2 { CompareFailed }; *v = new`
 #[inline(always)]
 pub(crate) unsafe fn cbne_cbne_store<F: Field>(
