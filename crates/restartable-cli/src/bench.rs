@@ -1,20 +1,25 @@
-//! `restartable bench`: counters side by side in one run.
+//! `restartable bench`: implementations of one operation side by side in one run.
 //!
-//! Every implementation of the counters suite ([`counters::Impl`]) is measured at every thread
-//! count, interleaved ([`rounds`]): each round visits every thread count and, for each, every
-//! implementation (starting at a different one each round); each cell reports the median
-//! round. `Counter::add` in degraded mode runs in a child process (the mode is decided once per
-//! process): the bench re-executes itself with `RESTARTABLE_FORCE_DEGRADED=1` and the hidden
-//! `--internal-only counter-degraded`, and reads the child's JSON, in its turn within each
-//! round. Every run checks that the final count equals the operations performed. Then, while
-//! threads add to a `Counter`, another thread times remote `take()` and `take_cpu(c)` calls.
+//! Two suites: the counters (the default: [`counters::Impl`]) and, with `--collections`, the
+//! collections against crossbeam, parking_lot and std ([`collections::Impl`]). Every
+//! implementation of the suite is measured at every thread count, interleaved ([`rounds`]):
+//! each round visits every thread count and, for each, every implementation (starting at a
+//! different one each round); each cell reports the median round. Every run checks its own
+//! counts (a final count equal to the operations performed; items pushed = popped + left).
+//!
+//! In the counters suite, `Counter::add` in degraded mode runs in a child process (the mode is
+//! decided once per process): the bench re-executes itself with `RESTARTABLE_FORCE_DEGRADED=1`
+//! and the hidden `--internal-only counter-degraded`, and reads the child's JSON, in its turn
+//! within each round. Then, while threads add to a `Counter`, another thread times remote
+//! `take()` and `take_cpu(c)` calls.
 //!
 //! The modules: [`args`] (the command line), [`suite`] (what a suite of implementations is,
-//! and the measuring tools), [`counters`] (the counters suite), [`rounds`] (the interleaved
-//! rounds and the degraded child), [`report`] (the model: implementations x thread counts ->
-//! samples), and one per output format: [`text`], [`json`], [`svg`].
+//! and the measuring tools), [`counters`] and [`collections`] (the suites), [`rounds`] (the
+//! interleaved rounds and the degraded child), [`report`] (the model: implementations x thread
+//! counts -> samples), and one per output format: [`text`], [`json`], [`svg`].
 
 mod args;
+mod collections;
 mod counters;
 mod json;
 mod report;
@@ -43,7 +48,8 @@ pub fn run(args: &Args) -> CmdResult {
     if let Some(path) = &args.svg {
         std::fs::File::create(path).map_err(|e| format!("cannot write the SVG file {}: {e}", path.display()))?;
     }
-    let table = counters::table(&Schedule { threads, duration: args.duration, rounds: args.rounds })?;
+    let schedule = Schedule { threads, duration: args.duration, rounds: args.rounds };
+    let table = if args.collections { schedule.run::<collections::Impl>()? } else { counters::table(&schedule)? };
     let mut out = io::stdout().lock();
     if args.json {
         writeln!(out, "{}", table.to_json())?;
@@ -66,4 +72,10 @@ pub fn run(args: &Args) -> CmdResult {
 /// binary.
 pub fn run_table(threads: &[usize], duration: Duration) -> Result<Table, String> {
     counters::table(&Schedule { threads: args::dedup(threads), duration, rounds: DEFAULT_ROUNDS })
+}
+
+/// The collections suite as the tour shows it: `threads` x every implementation, `rounds`
+/// rounds of `duration`.
+pub fn run_collections_table(threads: &[usize], duration: Duration, rounds: usize) -> Result<Table, String> {
+    Schedule { threads: args::dedup(threads), duration, rounds }.run::<collections::Impl>()
 }

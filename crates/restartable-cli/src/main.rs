@@ -43,7 +43,8 @@ struct Cli {
 enum Command {
     /// Show what the library found: kernel, glibc, rseq registration, CPUs, membarrier.
     Info(info::Args),
-    /// Benchmark per-CPU counters side by side: Counter, raw rseq, atomics, thread-locals, a mutex.
+    /// Benchmark side by side: per-CPU counters (Counter, raw rseq, atomics, thread-locals, a
+    /// mutex), or with --collections the collections against crossbeam, parking_lot and std.
     Bench(bench::Args),
     /// Stress every collection under contention, delay injection, signals and affinity churn,
     /// checking conservation exactly (exit 1 on any loss, with the command that reproduces it).

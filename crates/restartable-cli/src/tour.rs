@@ -1,6 +1,7 @@
 //! The tour: what `restartable` with no subcommand shows, in under a minute: the environment,
-//! a short stress of every collection (with a progress bar), and the benchmark table at one
-//! thread and at the core count, ending with one line that says what was verified.
+//! a short stress of every collection (with a progress bar), the counters' benchmark table at
+//! one thread and at the core count, the collections' at one thread, ending with one line that
+//! says what was verified.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -13,6 +14,8 @@ use crate::{CmdResult, bench, info};
 const STRESS_REPS: u64 = 200_000;
 /// Seconds per benchmark measurement in the tour.
 const BENCH_SECONDS: f64 = 0.15;
+/// Seconds per measurement of the collections suite in the tour (at one thread only).
+const COLLECTIONS_SECONDS: f64 = 0.03;
 
 /// Run the tour.
 pub fn tour() -> CmdResult {
@@ -70,6 +73,18 @@ pub fn tour() -> CmdResult {
     out.flush()?;
     let table = bench::run_table(&[1, cores], Duration::from_secs_f64(BENCH_SECONDS))?;
     table.print()?;
+    writeln!(out)?;
+
+    writeln!(out, "== the collections at 1 thread (restartable bench --collections) ==")?;
+    out.flush()?;
+    let collections =
+        bench::run_collections_table(&[1], Duration::from_secs_f64(COLLECTIONS_SECONDS), bench::DEFAULT_ROUNDS)?;
+    writeln!(
+        out,
+        "method:  {COLLECTIONS_SECONDS:.3} s per measurement, {} rounds interleaved, median shown (the same machine and mode)",
+        bench::DEFAULT_ROUNDS
+    )?;
+    collections.write_rows(&mut out)?;
     writeln!(out)?;
     writeln!(
         out,

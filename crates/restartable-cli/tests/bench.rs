@@ -1,6 +1,6 @@
-//! `restartable bench` end to end: a tiny run measures every implementation at every thread
-//! count and emits one JSON object with every field, the SVG chart is written, and bad
-//! arguments fail with a message, never a panic.
+//! `restartable bench` end to end: a tiny run of each suite (the counters, and `--collections`)
+//! measures every implementation at every thread count and emits one JSON object with every
+//! field, the SVG chart is written, and bad arguments fail with a message, never a panic.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -10,8 +10,37 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_restartable");
 
 /// Every implementation's JSON key, in table order.
-const IMPLS: [&str; 8] =
-    ["counter", "raw-rseq", "floor", "shared-atomic", "percpu-atomic", "thread-local", "mutex", "counter-degraded"];
+const IMPLS: [&str; 9] = [
+    "counter",
+    "raw-rseq",
+    "raw-rseq-unguarded",
+    "floor",
+    "shared-atomic",
+    "percpu-atomic",
+    "thread-local",
+    "mutex",
+    "counter-degraded",
+];
+
+/// The keys `bench --collections` must report (issue 15), and the extra ones (the shared
+/// mutexes, the reference rows), in table order.
+const COLLECTIONS: [&str; 15] = [
+    "stack",
+    "segqueue",
+    "mutex-vec",
+    "buffer",
+    "arrayqueue",
+    "memcpy-buffer",
+    "arrayqueue-copy",
+    "spinlock",
+    "parking-lot-mutex",
+    "std-mutex",
+    "parking-lot-mutex-shared",
+    "std-mutex-shared",
+    "ref-box-alloc",
+    "ref-rseq-pair",
+    "ref-cas-pair",
+];
 
 fn bench(args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);
@@ -47,6 +76,8 @@ fn tiny_run_emits_every_field_and_a_chart() {
     assert_eq!(text.trim_end().lines().count(), 1, "one JSON object on one line: {text}");
     let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
 
+    assert_eq!(v["suite"], "counters", "the default suite");
+    assert!(v["op"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
     let m = &v["machine"];
     assert!(m["cpu_model"].as_str().is_some_and(|s| !s.is_empty()), "{m}");
     assert!(m["kernel"].as_str().is_some_and(|s| !s.is_empty()), "{m}");
@@ -131,6 +162,77 @@ fn table_output_shows_machine_rows_and_columns() {
 }
 
 #[test]
+fn collections_json_has_every_key_at_every_thread_count() {
+    let svg = temp_path("collections.svg");
+    let out = bench(&[
+        "--collections",
+        "--threads",
+        "1,2",
+        "--duration",
+        "0.01",
+        "--rounds",
+        "1",
+        "--json",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    // A run that lost or doubled an item, answered "full" from an unbounded queue, tore an
+    // item or lost a locked update exits 1: success means every count was checked and held.
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8(out.stdout.clone()).expect("UTF-8 output");
+    assert_eq!(text.trim_end().lines().count(), 1, "one JSON object on one line: {text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(v["suite"], "collections", "{v}");
+    assert!(v["op"].as_str().is_some_and(|s| s.contains("push") && s.contains("lock")), "{v}");
+    assert!(v["machine"]["cpu_model"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    assert_eq!(v["params"]["threads"], serde_json::json!([1, 2]), "{v}");
+    assert_eq!(v["params"]["rounds"].as_u64(), Some(1), "{v}");
+    assert!(v["remote_take"].is_null(), "the counters' remote take is not part of this suite: {v}");
+
+    let results = v["results"].as_array().unwrap_or_else(|| panic!("results array: {v}"));
+    let keys: Vec<&str> = results.iter().filter_map(|r| r["key"].as_str()).collect();
+    assert_eq!(keys, COLLECTIONS, "every implementation, in order");
+    for r in results {
+        assert!(r["name"].as_str().is_some_and(|s| !s.is_empty()), "{r}");
+        let cells = r["cells"].as_array().unwrap_or_else(|| panic!("cells: {r}"));
+        let threads: Vec<u64> = cells.iter().filter_map(|c| c["threads"].as_u64()).collect();
+        assert_eq!(threads, [1, 2], "one cell per thread count: {r}");
+        for c in cells {
+            for k in ["ns_per_op", "mops", "ops", "elapsed_ns"] {
+                assert!(positive(&c[k]), "{k} in {} {c}", r["key"]);
+            }
+            assert!(c["ops"].is_u64(), "{c}");
+            assert_eq!(c["rounds"].as_array().map(Vec::len), Some(1), "{c}");
+        }
+    }
+
+    let doc = std::fs::read_to_string(&svg).expect("the SVG file was written");
+    let _ = std::fs::remove_file(&svg);
+    assert!(doc.trim_end().ends_with("</svg>"));
+    assert!(doc.contains("collections"), "the title names the suite");
+    for r in results {
+        let name = r["name"].as_str().unwrap().replace('<', "&lt;").replace('>', "&gt;");
+        assert!(doc.contains(&name), "the legend names {name}");
+    }
+}
+
+#[test]
+fn collections_table_shows_the_operation_and_every_row() {
+    let out = bench(&["--collections", "--threads", "1", "--duration", "0.005", "--rounds", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    assert!(text.starts_with("machine: "), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("op:") && l.contains("push") && l.contains("lock")), "{text}");
+    for name in
+        ["Stack<u64>", "SegQueue<u64>", "MemcpyBuffer<[u64; 8]>", "SpinLock<T>", "parking_lot::Mutex", "std Mutex"]
+    {
+        assert!(text.lines().any(|l| l.starts_with(name)), "row {name}: {text}");
+    }
+    // The counters' rows and remote take are not in it.
+    assert!(!text.contains("Counter::add") && !text.contains("take()"), "{text}");
+}
+
+#[test]
 fn degraded_child_refuses_fast_mode_and_runs_degraded() {
     // The hidden child entry point: in a fast-mode process it must refuse (exit 1, message).
     let out = bench(&["--internal-only", "counter-degraded", "--threads", "1", "--duration", "0.005", "--json"]);
@@ -171,6 +273,11 @@ fn bad_arguments_fail_cleanly() {
         &["--rounds", "0"],
         &["--bogus"],
         &["--internal-only", "nonsense"],
+        &["--collections", "--threads", "0"],
+        &["--collections", "--duration", "-1"],
+        &["--collections=yes"],
+        // The degraded child measures a counter: it is not a collections run.
+        &["--collections", "--internal-only", "counter-degraded"],
     ];
     for args in cases {
         let out = bench(args);

@@ -148,6 +148,10 @@ fn tour_runs_with_no_subcommand() {
         assert!(text.lines().any(|l| l.trim_start().starts_with(test) && l.contains(" ok ")), "{test}: {text}");
     }
     assert!(text.contains("Counter::add (degraded mode)"), "the bench table: {text}");
+    assert!(text.contains("bench --collections"), "the collections' section: {text}");
+    for row in ["Stack<u64>", "SegQueue<u64>", "SpinLock<T>", "ArrayQueue<[u64; 8]>"] {
+        assert!(text.lines().any(|l| l.starts_with(row)), "the collections' row {row}: {text}");
+    }
     let last = text.lines().rev().find(|l| l.starts_with("verified in ")).expect("the verification line");
     assert!(last.contains("stress checks passed") && last.contains("counted exactly"), "{last}");
 }

@@ -6,7 +6,12 @@
 //! - stacks (a push + pop pair): `Stack<u64>` (one node allocated per push, by design),
 //!   `crossbeam_queue::SegQueue<u64>`, and `Mutex<Vec<u64>>`;
 //! - bounded buffers (a push + pop pair of a `Box`): `Buffer<u64>` and
-//!   `crossbeam_queue::ArrayQueue<Box<u64>>`.
+//!   `crossbeam_queue::ArrayQueue<Box<u64>>`;
+//! - copied items (a push + pop pair of a 64-byte item): `MemcpyBuffer<[u64; 8]>` and
+//!   `crossbeam_queue::ArrayQueue<[u64; 8]>`;
+//! - locks (lock, add to two fields, unlock): `SpinLock<T>` (one per CPU), one cache-padded
+//!   `parking_lot::Mutex<T>` / `std::sync::Mutex<T>` per CPU indexed by `sched_getcpu`, and one
+//!   shared mutex of each kind.
 //!
 //! Every case, at every thread count, runs through the same harness ([`parallel`]): `threads`
 //! threads start together, each performs `iters` operations, and the slowest thread's time is
@@ -25,7 +30,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use restartable::ops::{self, Cpu, Outcome};
-use restartable::{Buffer, Counter, Stack};
+use restartable::{Buffer, Counter, MemcpyBuffer, SpinLock, Stack};
 
 /// Items each CPU's `Buffer` (and, per thread, the `ArrayQueue`) can hold.
 const CAPACITY: usize = 64;
@@ -197,9 +202,100 @@ fn buffers(c: &mut Criterion) {
     }
 }
 
+fn copies(c: &mut Criterion) {
+    for threads in thread_counts() {
+        let mut g = c.benchmark_group(label("copy-64-bytes-push-pop", threads));
+
+        // A full or empty answer (after a migration between push and pop) is an answer too.
+        let buffer: MemcpyBuffer<[u64; 8]> = MemcpyBuffer::with_capacity(CAPACITY);
+        case(&mut g, "MemcpyBuffer<[u64; 8]>", threads, |iters| {
+            for i in 0..iters {
+                let _ = black_box(buffer.push(black_box([i; 8])));
+                black_box(buffer.pop());
+            }
+        });
+
+        let queue: ArrayQueue<[u64; 8]> = ArrayQueue::new(CAPACITY * restartable::possible_cpus());
+        case(&mut g, "crossbeam ArrayQueue<[u64; 8]>", threads, |iters| {
+            for i in 0..iters {
+                let _ = black_box(queue.push(black_box([i; 8])));
+                black_box(queue.pop());
+            }
+        });
+        g.finish();
+    }
+}
+
+/// The value behind every lock; the critical section adds to both fields.
+#[derive(Debug, Default)]
+struct Pair {
+    count: u64,
+    other: u64,
+}
+
+impl Pair {
+    #[inline(always)]
+    fn bump(&mut self) {
+        self.count += 1;
+        self.other += 2;
+    }
+}
+
+/// One cache-padded lock per possible CPU.
+fn per_cpu<M>(new: impl Fn() -> M) -> Vec<Padded<M>> {
+    (0..restartable::possible_cpus()).map(|_| Padded(new())).collect()
+}
+
+/// The lock of the CPU `sched_getcpu` names.
+#[inline(always)]
+fn of_this_cpu<M>(locks: &[Padded<M>]) -> &M {
+    let cpu = restartable::sys::sched_getcpu();
+    &locks.get(cpu).unwrap_or(&locks[0]).0
+}
+
+fn locks(c: &mut Criterion) {
+    for threads in thread_counts() {
+        let mut g = c.benchmark_group(label("lock-two-fields", threads));
+
+        let spin: SpinLock<Pair> = SpinLock::default();
+        case(&mut g, "SpinLock (per CPU)", threads, |iters| (0..iters).for_each(|_| spin.lock().bump()));
+
+        let pl = per_cpu(|| parking_lot::Mutex::new(Pair::default()));
+        case(&mut g, "parking_lot::Mutex per CPU (sched_getcpu)", threads, |iters| {
+            (0..iters).for_each(|_| of_this_cpu(&pl).lock().bump())
+        });
+
+        let std = per_cpu(|| Mutex::new(Pair::default()));
+        case(&mut g, "std Mutex per CPU (sched_getcpu)", threads, |iters| {
+            (0..iters).for_each(|_| of_this_cpu(&std).lock().unwrap_or_else(PoisonError::into_inner).bump())
+        });
+
+        let pl_shared = Padded(parking_lot::Mutex::new(Pair::default()));
+        case(&mut g, "parking_lot::Mutex, shared", threads, |iters| (0..iters).for_each(|_| pl_shared.0.lock().bump()));
+
+        let std_shared = Padded(Mutex::new(Pair::default()));
+        case(&mut g, "std Mutex, shared", threads, |iters| {
+            (0..iters).for_each(|_| std_shared.0.lock().unwrap_or_else(PoisonError::into_inner).bump())
+        });
+        g.finish();
+
+        // Every critical section that ran, ran whole (a cheap sanity check on the locks; a
+        // filter may have skipped them all).
+        let mut spin = spin;
+        let mut pairs: Vec<(u64, u64)> = spin.iter_mut().map(|p| (p.count, p.other)).collect();
+        pairs.extend(pl.iter().map(|m| m.0.lock()).map(|p| (p.count, p.other)));
+        pairs
+            .extend(std.iter().map(|m| m.0.lock().unwrap_or_else(PoisonError::into_inner)).map(|p| (p.count, p.other)));
+        pairs.push((pl_shared.0.lock().count, pl_shared.0.lock().other));
+        let shared = std_shared.0.lock().unwrap_or_else(PoisonError::into_inner);
+        pairs.push((shared.count, shared.other));
+        assert!(pairs.iter().all(|&(count, other)| other == 2 * count), "{pairs:?}");
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = counters, stacks, buffers
+    targets = counters, stacks, buffers, copies, locks
 }
 criterion_main!(benches);

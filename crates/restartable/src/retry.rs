@@ -286,6 +286,16 @@ pub(crate) fn drive<S: Slots, R>(
     }
 }
 
+/// One fast attempt and nothing else (`Stopped` when the thread has no usable area yet): for an
+/// operation whose inline part is only its common case, falling back to [`drive`] out of line.
+#[inline(always)]
+pub(crate) fn one_section<S: Slots>(pc: &S, mut fast: impl FnMut(&S::Value, At) -> Outcome) -> Outcome {
+    match cpu::cursor::<S::Index>() {
+        Some(c) => fast_on(pc, &mut fast, c),
+        None => Outcome::Stopped,
+    }
+}
+
 /// After the first attempt aborted. In degraded mode (the published area is then the decoy,
 /// which is why it aborted) an all-atomic operation goes straight to its slot: the CPU from
 /// `rdpid`, one atomic instruction, nothing else.

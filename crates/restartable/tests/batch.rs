@@ -2,7 +2,7 @@
 //! conservation under contention (6 x cores threads mixing single and batch operations while
 //! another thread drains random CPUs through the guard: every item exactly once), the edges
 //! (a batch larger than the room moves what fits, `max = 0` moves nothing), and the bound on
-//! recycled nodes. In degraded mode too (a child re-runs this binary).
+//! recycled chunks. In degraded mode too (a child re-runs this binary).
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -68,7 +68,8 @@ fn random_cpu(seed: &mut u64) -> usize {
 }
 
 fn stack_batches<I: Index>() {
-    let s: Stack<u64, I> = Stack::with_node_cache(32);
+    // A cache of one chunk: pops that empty chunks give them back often.
+    let s: Stack<u64, I> = Stack::with_chunk_cache(1);
     let (out, drained) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
     contend(
         |t| {
@@ -96,10 +97,11 @@ fn stack_batches<I: Index>() {
         },
         |seed| drained.lock().unwrap().extend(s.drain_cpu(random_cpu(seed)).unwrap()),
     );
-    let cached: usize = s.cached_nodes_per_cpu().iter().sum();
-    assert!(cached <= 32 * restartable::possible_cpus(), "the node caches are bounded ({cached})");
+    let cached: usize = s.cached_chunks_per_cpu().iter().sum();
+    // A pop trims beyond the cache; a CPU whose last pop emptied no chunk may hold one more.
+    assert!(cached <= 2 * restartable::possible_cpus(), "the chunk caches are bounded ({cached})");
     let left = s.drain_all();
-    assert_eq!(s.cached_nodes_per_cpu().iter().sum::<usize>(), 0, "drain_all gives every cached node back");
+    assert_eq!(s.cached_chunks_per_cpu().iter().sum::<usize>(), 0, "drain_all gives every chunk back");
     let (o, d) = (out.into_inner().unwrap(), drained.into_inner().unwrap());
     check(&[&o, &d, &left], threads() as u64 * REPS, &format!("stack batches <{}>", I::NAME));
 }
@@ -236,14 +238,59 @@ fn batch_edges() {
     let mut units = Vec::new();
     assert_eq!(z.pop_batch(5, &mut units), 2);
 
-    let s: Stack<u32> = Stack::with_node_cache(2);
+    let s: Stack<u32> = Stack::new();
     s.push_batch((0..5).collect());
     assert!(s.pop_batch(0).is_empty());
     assert_eq!(s.pop_batch(3), [4, 3, 2], "the last pushed on top");
-    assert_eq!(s.cached_nodes_per_cpu().iter().sum::<usize>(), 2, "the cache keeps 2, frees the rest");
     assert_eq!(s.pop_batch(10), [1, 0]);
     s.push_batch(Vec::new());
     assert!(s.drain_all().is_empty());
+}
+
+/// Batches and single operations across chunk boundaries: items of 240 bytes, four to a chunk,
+/// so that every batch crosses chunks, and a cache of two chunks, so that pops give chunks back.
+#[test]
+fn stack_chunk_boundaries() {
+    // SAFETY: a zeroed cpu_set_t with one bit set is a valid mask; 0 names the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+    type Big = [u64; 30];
+    let big = |i: u64| -> Big { std::array::from_fn(|k| i * 100 + k as u64) };
+    let s: Stack<Big> = Stack::with_chunk_cache(2);
+    assert_eq!(Stack::<Big>::ITEMS_PER_CHUNK, 4);
+    let on_cpu0 = |v: Vec<usize>| v[0];
+    s.push_batch((0..10).map(big).collect()); // chunks 1-3, top in the third
+    assert_eq!(on_cpu0(s.len_per_cpu()), 10);
+    assert_eq!(on_cpu0(s.cached_chunks_per_cpu()), 0);
+    s.push(big(10));
+    s.push(big(11));
+    s.push(big(12)); // the fourth chunk
+    assert_eq!(on_cpu0(s.len_per_cpu()), 13);
+    assert_eq!(s.pop(), Some(big(12)), "across a chunk boundary");
+    assert_eq!(on_cpu0(s.cached_chunks_per_cpu()), 1, "the emptied chunk is kept");
+    assert_eq!(s.pop_batch(6), (6..12).rev().map(big).collect::<Vec<_>>());
+    // Chunks 3 and 4 are free now: within the cache of two.
+    assert_eq!(on_cpu0(s.cached_chunks_per_cpu()), 2);
+    assert_eq!(s.pop_batch(3), [big(5), big(4), big(3)]);
+    // A third free chunk is over the cache: trimmed to half of it.
+    assert_eq!(on_cpu0(s.cached_chunks_per_cpu()), 1);
+    let mut again: Vec<Big> = (20..29).map(big).collect();
+    s.append(&mut again);
+    assert!(again.is_empty());
+    assert_eq!(on_cpu0(s.len_per_cpu()), 12);
+    let mut out = Vec::new();
+    assert_eq!(s.pop_batch_into(100, &mut out), 12);
+    let expect: Vec<Big> = (20..29).rev().chain([2, 1, 0]).map(big).collect();
+    assert_eq!(out, expect, "LIFO across every boundary");
+    assert_eq!(s.pop(), None);
+    // Zero-sized items still take a slot each.
+    let z: Stack<()> = Stack::new();
+    z.push_batch(vec![(); 1000]);
+    assert_eq!(on_cpu0(z.len_per_cpu()), 1000);
+    assert_eq!(z.pop_batch(usize::MAX).len(), 1000);
 }
 
 /// Items are dropped exactly once through batches, also when a Stack or Buffer holding batched

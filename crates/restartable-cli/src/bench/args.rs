@@ -14,6 +14,10 @@ const MAX_THREADS: usize = 1024;
 /// Arguments of `restartable bench`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Measure the collections suite instead of the counters: Stack, Buffer, MemcpyBuffer and
+    /// SpinLock against crossbeam's SegQueue and ArrayQueue, parking_lot's and std's Mutex.
+    #[arg(long, conflicts_with = "internal_only")]
+    pub collections: bool,
     /// Thread counts to measure, comma-separated [default: 1 and 1x, 2x, 4x the CPUs this process may run on].
     #[arg(long, value_delimiter = ',', value_parser = parse_threads, value_name = "N,N,...")]
     pub threads: Vec<usize>,

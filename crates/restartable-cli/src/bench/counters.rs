@@ -32,8 +32,14 @@ pub fn table(schedule: &Schedule) -> Result<Table, String> {
 pub enum Impl {
     /// `restartable::Counter::add` (rseq fast path, guard slow path).
     Counter,
-    /// The raw `ops::load_add_store::<Cpu>` on per-CPU cache-padded slots, with its retry loop.
+    /// The raw `ops::load_add_store::<Cpu>` on per-CPU cache-padded slots, with its retry loop,
+    /// in the C reference library's loop shape: the index from `cpu_id_start`
+    /// (`ops::current_index`), the slot array indexed without a bounds check.
     RawRseq,
+    /// The same loop and section without the guard check
+    /// (`ops::bench_only::load_add_store_unguarded`): the row above minus this one is what the
+    /// guard word costs.
+    RawRseqUnguarded,
     /// A plain increment of a `Cell<u64>` in a `thread_local!` (the floor).
     Floor,
     /// `AtomicU64::fetch_add` on one shared word (`lock xadd`).
@@ -50,9 +56,10 @@ pub enum Impl {
 
 impl Impl {
     /// Every implementation, in table order.
-    pub const ALL: [Impl; 8] = [
+    pub const ALL: [Impl; 9] = [
         Impl::Counter,
         Impl::RawRseq,
+        Impl::RawRseqUnguarded,
         Impl::Floor,
         Impl::SharedAtomic,
         Impl::PercpuAtomic,
@@ -63,6 +70,9 @@ impl Impl {
 }
 
 impl Implementation for Impl {
+    const SUITE: &'static str = "counters";
+    const OP: &'static str = "add 1 to the row's counter";
+
     fn all() -> &'static [Impl] {
         &Impl::ALL
     }
@@ -72,6 +82,7 @@ impl Implementation for Impl {
         match self {
             Impl::Counter => "counter",
             Impl::RawRseq => "raw-rseq",
+            Impl::RawRseqUnguarded => "raw-rseq-unguarded",
             Impl::Floor => "floor",
             Impl::SharedAtomic => "shared-atomic",
             Impl::PercpuAtomic => "percpu-atomic",
@@ -86,6 +97,7 @@ impl Implementation for Impl {
         match self {
             Impl::Counter => "Counter::add",
             Impl::RawRseq => "raw load_add_store<Cpu>",
+            Impl::RawRseqUnguarded => "same section without guard check",
             Impl::Floor => "thread-local Cell (floor)",
             Impl::SharedAtomic => "shared AtomicU64::fetch_add",
             Impl::PercpuAtomic => "per-CPU atomics (sched_getcpu)",
@@ -115,7 +127,8 @@ impl Implementation for Impl {
                 }
                 counter(threads, duration)
             }
-            Impl::RawRseq => raw_rseq(threads, duration),
+            Impl::RawRseq => raw_rseq::<true>(threads, duration),
+            Impl::RawRseqUnguarded => raw_rseq::<false>(threads, duration),
             Impl::Floor => floor(threads, duration),
             Impl::SharedAtomic => shared_atomic(threads, duration),
             Impl::PercpuAtomic => percpu_atomic(threads, duration),
@@ -132,36 +145,60 @@ fn counter(threads: usize, duration: Duration) -> Result<Sample, String> {
     check("Counter::sum()", c.sum(), s)
 }
 
-/// Add 1 to the current CPU's slot with the raw op: retry on `Aborted`; on `Stopped` (no rseq
-/// in this thread or process, or a CPU stopped by a slow path) fall back to `fetch_add`, which
-/// is correct here because nothing in this benchmark stops a CPU while it runs.
+/// One cache-padded slot per possible CPU: exactly [`restartable::possible_cpus`] of them, so
+/// that any value of `ops::current_index::<Cpu>()` indexes it without a bounds check.
+pub struct RawSlots(Box<[Padded<AtomicUsize>]>);
+
+impl RawSlots {
+    pub fn new() -> RawSlots {
+        RawSlots((0..restartable::possible_cpus()).map(|_| Padded(AtomicUsize::new(0))).collect())
+    }
+
+    pub fn sum(&self) -> u64 {
+        self.0.iter().map(|p| p.0.load(Relaxed) as u64).sum()
+    }
+}
+
+/// Add 1 to the current CPU's slot with the raw op, in the C reference library's loop shape:
+/// the index read from the area's `cpu_id_start`, the slot found without a bounds check, the
+/// section (which re-checks the CPU), retry on `Aborted`. `GUARDED` picks the op with the guard
+/// check (`load_add_store::<Cpu>`) or the same section without it. On `Stopped` (no rseq in this
+/// thread or process, or a CPU stopped by a slow path) it falls back to `fetch_add`, which is
+/// correct here because nothing in this benchmark stops a CPU while it runs.
 #[inline(always)]
-fn raw_add(slots: &[Padded<AtomicUsize>]) {
+pub fn raw_add<const GUARDED: bool>(slots: &RawSlots) {
     loop {
-        let cpu = restartable::current_cpu();
-        let Some(slot) = slots.get(cpu) else {
-            slots[cpu % slots.len()].0.fetch_add(1, Relaxed);
-            return;
+        let cpu = ops::current_index::<Cpu>();
+        debug_assert!(cpu < slots.0.len());
+        // SAFETY: `current_index::<Cpu>()` is always below `possible_cpus()` (its documented
+        // bound, also before registration and in degraded mode), and `RawSlots` has exactly
+        // `possible_cpus()` slots.
+        let slot = &unsafe { slots.0.get_unchecked(cpu) }.0;
+        let outcome = if GUARDED {
+            // SAFETY: slot `cpu` is written only by ops indexed by `cpu` (or by the atomic
+            // fallback, which runs only when no section can commit on it), and lives for the
+            // call.
+            unsafe { ops::load_add_store::<Cpu>(slot, black_box(1), cpu) }
+        } else {
+            // SAFETY: as above; and nothing ever takes the slow path (a guard stop) on these
+            // slots, which is what the unguarded section requires.
+            unsafe { ops::bench_only::load_add_store_unguarded(slot, black_box(1), cpu) }
         };
-        // SAFETY: slot `cpu` is written only by ops indexed by `cpu` (or by the atomic
-        // fallback, which runs only when no section can commit on it), and lives for the call.
-        match unsafe { ops::load_add_store::<Cpu>(&slot.0, black_box(1), cpu) } {
+        match outcome {
             Outcome::Committed => return,
             Outcome::Aborted => continue,
             Outcome::Stopped | Outcome::CompareFailed => {
-                slot.0.fetch_add(1, Relaxed);
+                slot.fetch_add(1, Relaxed);
                 return;
             }
         }
     }
 }
 
-fn raw_rseq(threads: usize, duration: Duration) -> Result<Sample, String> {
-    let slots: Vec<Padded<AtomicUsize>> =
-        (0..restartable::possible_cpus()).map(|_| Padded(AtomicUsize::new(0))).collect();
-    let s = run_threads(threads, duration, |stop| spin(stop, || raw_add(&slots)));
-    let sum = slots.iter().map(|p| p.0.load(Relaxed) as u64).sum();
-    check("the sum of the per-CPU slots", sum, s)
+fn raw_rseq<const GUARDED: bool>(threads: usize, duration: Duration) -> Result<Sample, String> {
+    let slots = RawSlots::new();
+    let s = run_threads(threads, duration, |stop| spin(stop, || raw_add::<GUARDED>(&slots)));
+    check("the sum of the per-CPU slots", slots.sum(), s)
 }
 
 thread_local! {

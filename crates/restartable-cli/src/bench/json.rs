@@ -1,4 +1,5 @@
-//! The JSON form of a bench [`Table`] (`bench --json`): `machine`, `params`, `results` (per
+//! The JSON form of a bench [`Table`] (`bench --json`): `suite` (`counters` or `collections`),
+//! `op` (what one operation is), `machine`, `params`, `results` (per
 //! implementation: `key`, `name`, and per thread count `threads`, `ns_per_op`, `mops`, `ops`,
 //! `elapsed_ns` of the median round, and every round), `remote_take`, `library`.
 
@@ -32,6 +33,8 @@ impl Table {
             })
             .collect();
         json!({
+            "suite": self.suite,
+            "op": self.op,
             "machine": {
                 "cpu_model": m.cpu_model,
                 "cores": m.cores,

@@ -176,6 +176,10 @@ impl Library {
 /// A finished bench run.
 #[derive(Debug, Clone)]
 pub struct Table {
+    /// The suite ([`Implementation::SUITE`](super::suite::Implementation::SUITE)).
+    pub suite: &'static str,
+    /// What one operation is ([`Implementation::OP`](super::suite::Implementation::OP)).
+    pub op: &'static str,
     /// Where it ran.
     pub machine: Machine,
     /// Thread counts (columns).

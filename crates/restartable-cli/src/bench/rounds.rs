@@ -69,6 +69,8 @@ impl Schedule {
             })
             .collect();
         Ok(Table {
+            suite: I::SUITE,
+            op: I::OP,
             machine,
             threads: self.threads.clone(),
             duration: self.duration,

@@ -7,9 +7,9 @@
 //! about `duration`, and checks that its own final count equals the operations the threads
 //! performed ([`check`]), so a lost update is an error, not a fast number.
 //!
-//! Adding a suite (collections against crossbeam / parking_lot / std, allocators, an RwLock
-//! suite): a module with its enum and this trait's implementation, and a flag in `Args` that
-//! makes `bench::run` measure it with `Schedule::run::<ThatEnum>()` instead of the counters.
+//! The suites: `counters` (the default) and `collections` (`--collections`). Adding one
+//! (allocators, an RwLock suite): a module with its enum and this trait's implementation, and a
+//! flag in `Args` that makes `bench::run` measure it with `Schedule::run::<ThatEnum>()`.
 //! (An implementation that must run degraded is measured in a child through
 //! `--internal-only KEY`, which parses the counters' keys today: give it the new suite's too.)
 
@@ -24,6 +24,13 @@ pub const BATCH: u64 = 256;
 
 /// One implementation of a suite: a row of the table.
 pub trait Implementation: Copy + std::fmt::Debug + 'static {
+    /// The suite's name (the JSON `suite`): `counters`, `collections`.
+    const SUITE: &'static str;
+
+    /// What one operation is, the same for every implementation of the suite (the text
+    /// header's `op:` line and the JSON `op`).
+    const OP: &'static str;
+
     /// Every implementation of the suite, in table order.
     fn all() -> &'static [Self];
 

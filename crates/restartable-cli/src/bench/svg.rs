@@ -34,8 +34,10 @@ pub fn render(table: &Table) -> Result<String, String> {
         root.fill(&WHITE).map_err(err)?;
         // The legend gets its own panel on the right, so it never hides a line.
         let (plot, legend) = root.split_horizontally(800);
-        let title =
-            format!("restartable bench: ns/op per thread ({}, {} cores)", table.machine.cpu_model, table.machine.cores);
+        let title = format!(
+            "restartable bench, {}: ns/op per thread ({}, {} cores)",
+            table.suite, table.machine.cpu_model, table.machine.cores
+        );
         let mut chart = ChartBuilder::on(&plot)
             .caption(title, ("sans-serif", 18))
             .margin(12)

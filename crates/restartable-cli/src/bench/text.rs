@@ -1,4 +1,4 @@
-//! The text form of a bench [`Table`]: the machine and the method, then rows = implementations,
+//! The text form of a bench [`Table`]: the machine, the method and the operation, then rows = implementations,
 //! columns = thread counts, cells "ns/op (Mops/s)", then the remote take latency.
 
 use std::io::{self, Write};
@@ -29,6 +29,13 @@ impl Table {
             self.rounds,
             if self.rounds == 1 { "" } else { "s" }
         )?;
+        self.write_rows(out)
+    }
+
+    /// Write the operation, the cells' unit and the rows (and the remote take latency), without
+    /// the machine and the method.
+    pub fn write_rows(&self, out: &mut impl Write) -> io::Result<()> {
+        writeln!(out, "op:      {}", self.op)?;
         writeln!(out, "cells:   ns/op per thread (total Mops/s); every count checked")?;
         writeln!(out)?;
         let name_w = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max("implementation".len());

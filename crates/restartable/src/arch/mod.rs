@@ -68,8 +68,32 @@ pub(crate) struct At {
     pub area: isize,
     /// The index the caller used to find its data; the section re-checks it.
     pub index: u32,
-    /// The guard word of `index` for this data.
+    /// The guard word of `index` for this data (read by the sections; the portable module has
+    /// none).
+    #[cfg_attr(restartable_portable, allow(dead_code))]
     pub guard: *const AtomicU32,
+}
+
+/// The geometry of a `Stack<T>`'s chunks, shared by the sections that move items in and out and
+/// by the collection: `BYTES` (a power of two, at least 512, and the chunk's alignment, so that
+/// masking a slot's address gives its chunk), a header of three words (`down`, `up`, `depth`),
+/// then `ITEMS` slots from `HDR`, `STRIDE` bytes apart (at least 4; zero-sized items get one
+/// byte each, so that every slot has its own address), the last at `LAST`.
+pub(crate) struct Chunk<T>(core::marker::PhantomData<T>);
+
+impl<T> Chunk<T> {
+    pub(crate) const HDR: usize = (3 * core::mem::size_of::<usize>()).next_multiple_of(core::mem::align_of::<T>());
+    pub(crate) const STRIDE: usize = if core::mem::size_of::<T>() == 0 { 1 } else { core::mem::size_of::<T>() };
+    pub(crate) const BYTES: usize = {
+        let least = Self::HDR + 4 * Self::STRIDE;
+        let bytes = if least <= 512 { 512 } else { least.next_power_of_two() };
+        // Masks and offsets are 32-bit immediates in the sections.
+        assert!(bytes <= 1 << 30, "Stack items must be smaller than 256 MiB");
+        bytes
+    };
+    pub(crate) const ITEMS: usize = (Self::BYTES - Self::HDR) / Self::STRIDE;
+    pub(crate) const LAST: usize = Self::HDR + (Self::ITEMS - 1) * Self::STRIDE;
+    pub(crate) const MASK: usize = Self::BYTES - 1;
 }
 
 /// The size of the rseq area inside a [`ThreadBlock`]: room for kernels whose feature size and

@@ -3,6 +3,10 @@
 //! the crate builds and runs correctly wherever Linux runs, and this module is the oracle an
 //! architecture module with fast paths is tested against (`--cfg restartable_portable` selects it
 //! on x86_64).
+//!
+//! The section stubs keep the signatures of the real sections (type parameters included), so
+//! callers are written once for every module.
+#![allow(clippy::extra_unused_type_parameters)]
 
 use core::sync::atomic::{AtomicI32, AtomicU32};
 
@@ -111,12 +115,46 @@ no_sections! {
     cbne_store_store(v: *mut usize, expect: usize, v2: *mut usize, new2: usize, new: usize);
     cbne_memcpy_store(v: *mut usize, expect: usize, dst: *mut u8, src: *const u8, len: usize, new: usize);
     add_unguarded(v: *mut usize, count: usize);
-    walk_pop(v: *mut usize, max: usize, off: usize, out_first: *mut usize, out_n: *mut usize);
-    list_push(head: *mut usize, first: usize, tail_next: *mut usize);
-    ring_push_word(count: *mut usize, cap: usize, value: usize);
-    ring_pop_word(count: *mut usize, out: *mut usize);
-    ring_push_bytes(count: *mut usize, cap: usize, src: *const u8, size: usize);
-    ring_pop_bytes(count: *mut usize, dst: *mut u8, size: usize);
     cache_pop(word: *mut usize, out: *mut usize);
     cache_push(word: *mut usize, cap: usize, value: usize);
+}
+
+macro_rules! no_item_sections {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        /// No critical sections here: always `Stopped` (take the slow path).
+        ///
+        /// # Safety
+        /// None needed: nothing is accessed.
+        #[inline(always)]
+        pub(crate) unsafe fn $name<F: Field, T>(_at: At, $($arg: $ty),*) -> Outcome {
+            let _ = ($($arg,)*);
+            Outcome::Stopped
+        }
+    )*};
+}
+
+/// No critical sections here: always `Stopped` (take the slow path).
+///
+/// # Safety
+/// None needed: nothing is accessed.
+#[inline(always)]
+pub(crate) unsafe fn ring_push_many<F: Field, T, const FROM_END: bool>(
+    _at: At,
+    _count: *mut usize,
+    _src: *const T,
+    _args: *mut [usize; 3],
+) -> Outcome {
+    Outcome::Stopped
+}
+
+no_item_sections! {
+    ring_pop_many(count: *mut usize, dst: *mut T, args: *mut [usize; 2]);
+    ring_push_item(count: *mut usize, cap: usize, src: *const T);
+    ring_pop_item(count: *mut usize, dst: *mut T);
+    stack_push(col: *mut usize, src: *const T);
+    stack_pop(col: *mut usize, dst: *mut T, free: *mut usize);
+    stack_attach(col: *mut usize, chunk: usize);
+    stack_trim(col: *mut usize, keep: usize, out: *mut usize);
+    stack_push_many(col: *mut usize, src: *const T, args: *mut [usize; 2]);
+    stack_pop_many(col: *mut usize, dst: *mut T, args: *mut [usize; 3]);
 }

@@ -209,6 +209,147 @@ macro_rules! exit_point {
     };
 }
 
+/// Copy one `T` from `[$src]` to `[$dst]` (address expressions in the template's syntax), with
+/// the operands `chunks` and `rem` (`size_of::<T>() / 16` and `% 16`, as `const`), the scratch
+/// `xmm` register `x`, and two scratch general registers whose operand names are `$t` (the tail)
+/// and `$n` (the loop count; it may be the same as `$t`): 16-byte moves unrolled up to eight, a loop (label 3)
+/// beyond, then the tail in 8-, 4-, 2- and 1-byte moves. The size is a compile-time constant, so
+/// no instruction computes it; the 16-byte moves match the ones the compiler uses to read and
+/// write the same value on the stack (a narrower store feeding a wider load would stall store
+/// forwarding).
+macro_rules! copy_item {
+    ($src:literal, $dst:literal, $t:literal, $n:literal) => {
+        concat!(
+            ".if {chunks} <= 8\n",
+            ".set .Lrestartable_o, 0\n",
+            ".rept {chunks}\n",
+            "movups {x}, xmmword ptr [",
+            $src,
+            " + .Lrestartable_o]\n",
+            "movups xmmword ptr [",
+            $dst,
+            " + .Lrestartable_o], {x}\n",
+            ".set .Lrestartable_o, .Lrestartable_o + 16\n",
+            ".endr\n",
+            ".else\n",
+            "mov {",
+            $n,
+            "}, -{chunks} * 16\n",
+            "3:\n",
+            "movups {x}, xmmword ptr [",
+            $src,
+            " + {",
+            $n,
+            "} + {chunks} * 16]\n",
+            "movups xmmword ptr [",
+            $dst,
+            " + {",
+            $n,
+            "} + {chunks} * 16], {x}\n",
+            "add {",
+            $n,
+            "}, 16\n",
+            "jnz 3b\n",
+            ".endif\n",
+            ".if {rem} & 8\n",
+            "mov {",
+            $t,
+            "}, qword ptr [",
+            $src,
+            " + {chunks} * 16]\n",
+            "mov qword ptr [",
+            $dst,
+            " + {chunks} * 16], {",
+            $t,
+            "}\n",
+            ".endif\n",
+            ".if {rem} & 4\n",
+            "mov {",
+            $t,
+            ":e}, dword ptr [",
+            $src,
+            " + {chunks} * 16 + ({rem} & 8)]\n",
+            "mov dword ptr [",
+            $dst,
+            " + {chunks} * 16 + ({rem} & 8)], {",
+            $t,
+            ":e}\n",
+            ".endif\n",
+            ".if {rem} & 2\n",
+            "movzx {",
+            $t,
+            ":e}, word ptr [",
+            $src,
+            " + {chunks} * 16 + ({rem} & 12)]\n",
+            "mov word ptr [",
+            $dst,
+            " + {chunks} * 16 + ({rem} & 12)], {",
+            $t,
+            ":x}\n",
+            ".endif\n",
+            ".if {rem} & 1\n",
+            "movzx {",
+            $t,
+            ":e}, byte ptr [",
+            $src,
+            " + {chunks} * 16 + ({rem} & 14)]\n",
+            "mov byte ptr [",
+            $dst,
+            " + {chunks} * 16 + ({rem} & 14)], {",
+            $t,
+            ":l}\n",
+            ".endif",
+        )
+    };
+}
+
+/// Copy `{len}` bytes (a register, consumed, as are `{src}` and `{dst}`) with the scratch
+/// registers `x` (an `xmm`) and `t`: 16 bytes at a time (label 3), then the tail in 8-, 4-, 2-
+/// and 1-byte moves (label 4, reused). An op that uses it has no label 3 or 4 of its own.
+macro_rules! copy_bytes {
+    () => {
+        concat!(
+            "cmp {len}, 16\n",
+            "jb 4f\n",
+            "3:\n",
+            "movups {x}, xmmword ptr [{src}]\n",
+            "movups xmmword ptr [{dst}], {x}\n",
+            "add {src}, 16\n",
+            "add {dst}, 16\n",
+            "sub {len}, 16\n",
+            "cmp {len}, 16\n",
+            "jae 3b\n",
+            "4:\n",
+            "test {len}, 8\n",
+            "jz 4f\n",
+            "mov {t}, qword ptr [{src}]\n",
+            "mov qword ptr [{dst}], {t}\n",
+            "add {src}, 8\n",
+            "add {dst}, 8\n",
+            "4:\n",
+            "test {len}, 4\n",
+            "jz 4f\n",
+            "mov {t:e}, dword ptr [{src}]\n",
+            "mov dword ptr [{dst}], {t:e}\n",
+            "add {src}, 4\n",
+            "add {dst}, 4\n",
+            "4:\n",
+            "test {len}, 2\n",
+            "jz 4f\n",
+            "mov {t:x}, word ptr [{src}]\n",
+            "mov word ptr [{dst}], {t:x}\n",
+            "add {src}, 2\n",
+            "add {dst}, 2\n",
+            "4:\n",
+            "test {len}, 1\n",
+            "jz 4f\n",
+            "mov {t:l}, byte ptr [{src}]\n",
+            "mov byte ptr [{dst}], {t:l}\n",
+            "4:",
+        )
+    };
+}
+
 /// One critical section on `$at` with the index field `$field`. `$check` is the guard check
 /// (only the benchmark-only unguarded op replaces it, with a comment naming the operands).
 macro_rules! section {
@@ -387,70 +528,10 @@ pub(crate) unsafe fn add_indirect<F: Field>(at: At, p: *mut usize, off: usize, c
     Outcome::Committed
 }
 
-/// `r = *v; n = 0; while r != 0 && n < max { r = *(r + off); n += 1 }; *out_first = *v;
-/// *out_n = n; *v = r` — unlink up to `max` nodes from the front of a list in one section
-/// (batch pop). `*out_first` and `*out_n` are written before the commit (also when the section
-/// then aborts).
+/// Ring push of one `T`: `c = *count; if c >= cap { CompareFailed /* full */ }; items[c] =
+/// *src; *count = c + 1`, the items (`T`s) right after the count.
 #[inline(always)]
-pub(crate) unsafe fn walk_pop<F: Field>(
-    at: At,
-    v: *mut usize,
-    max: usize,
-    off: usize,
-    out_first: *mut usize,
-    out_n: *mut usize,
-) -> Outcome {
-    // SAFETY: the contract above.
-    unsafe {
-        section!(F::FIELD, at, [
-            "mov {r}, qword ptr [{v}]",
-            "mov qword ptr [{out_first}], {r}",
-            "xor {n:e}, {n:e}",
-            "2:",
-            "test {r}, {r}",
-            "jz 3f",
-            "cmp {n}, {max}",
-            "jae 3f",
-            point!(4),
-            "mov {r}, qword ptr [{r} + {off}]",
-            "inc {n}",
-            "jmp 2b",
-            "3:",
-            "mov qword ptr [{out_n}], {n}",
-            point!(5),
-            "mov qword ptr [{v}], {r}",
-        ], [
-            v = in(reg) v, max = in(reg) max, off = in(reg) off, out_first = in(reg) out_first,
-            out_n = in(reg) out_n, r = out(reg) _, n = out(reg) _,
-        ]);
-    }
-    Outcome::Committed
-}
-
-/// `h = *head; *tail_next = h; *head = first` — list push of a private chain (`first` ..
-/// the node whose `next` is `tail_next`; one node: `tail_next` is `first`'s own), all inside the
-/// section: the chain is private until the commit publishes it, so nothing is compared.
-#[inline(always)]
-pub(crate) unsafe fn list_push<F: Field>(at: At, head: *mut usize, first: usize, tail_next: *mut usize) -> Outcome {
-    // SAFETY: the contract above.
-    unsafe {
-        section!(F::FIELD, at, [
-            "mov {h}, qword ptr [{head}]",
-            point!(4),
-            "mov qword ptr [{tail}], {h}",
-            point!(5),
-            "mov qword ptr [{head}], {first}",
-        ], [
-            head = in(reg) head, first = in(reg) first, tail = in(reg) tail_next, h = out(reg) _,
-        ]);
-    }
-    Outcome::Committed
-}
-
-/// Ring push of one word: `c = *count; if c >= cap { CompareFailed /* full */ }; items[c] =
-/// value; *count = c + 1`, the items (words) right after the count.
-#[inline(always)]
-pub(crate) unsafe fn ring_push_word<F: Field>(at: At, count: *mut usize, cap: usize, value: usize) -> Outcome {
+pub(crate) unsafe fn ring_push_item<F: Field, T>(at: At, count: *mut usize, cap: usize, src: *const T) -> Outcome {
     // SAFETY: the contract above.
     unsafe {
         section!(F::FIELD, at, [
@@ -458,23 +539,33 @@ pub(crate) unsafe fn ring_push_word<F: Field>(at: At, count: *mut usize, cap: us
             "cmp {c}, {cap}",
             "jae {cmpfail}",
             exit_point!("cmpfail"),
+            ".if {size} == 8",
+            "lea {d}, [{count} + {c} * 8 + 8]",
+            ".else",
+            "imul {d}, {c}, {size}",
+            "lea {d}, [{count} + {d} + 8]",
+            ".endif",
+            copy_item!("{src}", "{d}", "t", "t"),
             point!(4),
-            "mov qword ptr [{count} + {c} * 8 + 8], {value}",
             "add {c}, 1",
             point!(5),
             "mov qword ptr [{count}], {c}",
         ], [
-            count = in(reg) count, cap = in(reg) cap, value = in(reg) value, c = out(reg) _,
+            count = in(reg) count, cap = in(reg) cap, src = in(reg) src,
+            c = out(reg) _, d = out(reg) _, t = out(reg) _,
+            size = const core::mem::size_of::<T>(),
+            chunks = const core::mem::size_of::<T>() / 16, rem = const core::mem::size_of::<T>() % 16,
+            x = out(xmm_reg) _,
             cmpfail = label { return Outcome::CompareFailed },
         ]);
     }
     Outcome::Committed
 }
 
-/// Ring pop of one word: `c = *count; if c == 0 { CompareFailed /* empty */ }; *out =
-/// items[c - 1]; *count = c - 1` (`*out` is written before the commit).
+/// Ring pop of one `T`: `c = *count; if c == 0 { CompareFailed /* empty */ }; *dst =
+/// items[c - 1]; *count = c - 1` (`*dst` is written before the commit).
 #[inline(always)]
-pub(crate) unsafe fn ring_pop_word<F: Field>(at: At, count: *mut usize, out: *mut usize) -> Outcome {
+pub(crate) unsafe fn ring_pop_item<F: Field, T>(at: At, count: *mut usize, dst: *mut T) -> Outcome {
     // SAFETY: the contract above.
     unsafe {
         section!(F::FIELD, at, [
@@ -483,114 +574,424 @@ pub(crate) unsafe fn ring_pop_word<F: Field>(at: At, count: *mut usize, out: *mu
             "jz {cmpfail}",
             exit_point!("cmpfail"),
             "sub {c}, 1",
-            "mov {t}, qword ptr [{count} + {c} * 8 + 8]",
-            "mov qword ptr [{out}], {t}",
+            ".if {size} == 8",
+            "lea {s}, [{count} + {c} * 8 + 8]",
+            ".else",
+            "imul {s}, {c}, {size}",
+            "lea {s}, [{count} + {s} + 8]",
+            ".endif",
+            copy_item!("{s}", "{dst}", "t", "t"),
             point!(4),
             point!(5),
             "mov qword ptr [{count}], {c}",
         ], [
-            count = in(reg) count, out = in(reg) out, c = out(reg) _, t = out(reg) _,
+            count = in(reg) count, dst = in(reg) dst,
+            c = out(reg) _, s = out(reg) _, t = out(reg) _,
+            size = const core::mem::size_of::<T>(),
+            chunks = const core::mem::size_of::<T>() / 16, rem = const core::mem::size_of::<T>() % 16,
+            x = out(xmm_reg) _,
             cmpfail = label { return Outcome::CompareFailed },
         ]);
     }
     Outcome::Committed
 }
 
-/// Ring push of one `size`-byte item: `c = *count; if c >= cap { CompareFailed /* full */ };
-/// copy size bytes src -> items + c * size; *count = c + 1` (eight bytes at a time, then the tail).
+/// Ring push of up to `args[1] >= 1` `T`s from `src`, as many as fit below the capacity
+/// `args[0]` (`k`; the last `k` when `FROM_END`): `c = *count; if c >= cap { CompareFailed /*
+/// full */ }; args[2] = k; copy; *count = c + k`.
 #[inline(always)]
-pub(crate) unsafe fn ring_push_bytes<F: Field>(
+pub(crate) unsafe fn ring_push_many<F: Field, T, const FROM_END: bool>(
     at: At,
     count: *mut usize,
-    cap: usize,
-    src: *const u8,
-    size: usize,
+    src: *const T,
+    args: *mut [usize; 3],
 ) -> Outcome {
-    // SAFETY: the contract above.
+    // SAFETY: the contract above; `args[1] >= 1`.
     unsafe {
         section!(F::FIELD, at, [
             "mov {c}, qword ptr [{count}]",
-            "cmp {c}, {cap}",
-            "jae {cmpfail}",
+            "mov {len}, qword ptr [{args}]",
+            "sub {len}, {c}",
+            "jbe {cmpfail}",
             exit_point!("cmpfail"),
-            "mov {d}, {c}",
-            "imul {d}, {size}",
-            "lea {d}, [{count} + {d} + 8]",
-            "mov {n}, {size}",
-            "2:",
-            "cmp {n}, 8",
-            "jb 3f",
-            "mov {t}, qword ptr [{src}]",
-            "mov qword ptr [{d}], {t}",
-            "add {src}, 8",
-            "add {d}, 8",
-            "sub {n}, 8",
-            "jmp 2b",
-            "3:",
-            "test {n}, {n}",
-            "jz 4f",
-            "mov {t:l}, byte ptr [{src}]",
-            "mov byte ptr [{d}], {t:l}",
-            "add {src}, 1",
-            "add {d}, 1",
-            "sub {n}, 1",
-            "jmp 3b",
-            "4:",
+            "cmp {len}, qword ptr [{args} + 8]",
+            "cmova {len}, qword ptr [{args} + 8]",
+            "mov qword ptr [{args} + 16], {len}",
+            ".if {fe}",
+            "mov {t}, qword ptr [{args} + 8]",
+            "sub {t}, {len}",
+            "imul {t}, {t}, {size}",
+            "add {src}, {t}",
+            ".endif",
+            "imul {dst}, {c}, {size}",
+            "lea {dst}, [{count} + {dst} + 8]",
+            "add {c}, {len}",
+            "imul {len}, {len}, {size}",
+            copy_bytes!(),
             point!(4),
-            "add {c}, 1",
             point!(5),
             "mov qword ptr [{count}], {c}",
         ], [
-            count = in(reg) count, cap = in(reg) cap, size = in(reg) size, src = inout(reg) src => _,
-            c = out(reg) _, d = out(reg) _, n = out(reg) _, t = out(reg) _,
+            count = in(reg) count, args = in(reg) args, src = inout(reg) src => _, c = out(reg) _,
+            len = out(reg) _, dst = out(reg) _, t = out(reg) _, x = out(xmm_reg) _,
+            size = const core::mem::size_of::<T>(), fe = const FROM_END as usize,
             cmpfail = label { return Outcome::CompareFailed },
         ]);
     }
     Outcome::Committed
 }
 
-/// Ring pop of one `size`-byte item: `c = *count; if c == 0 { CompareFailed /* empty */ };
-/// copy size bytes items + (c - 1) * size -> dst; *count = c - 1` (`dst` is written before the
-/// commit).
+/// Ring pop of up to `args[0] >= 1` `T`s, the last ones, to `dst` in the order they were pushed:
+/// `c = *count; if c == 0 { CompareFailed /* empty */ }; k = min(max, c); args[1] = k; copy
+/// items[c - k ..c]; *count = c - k`.
 #[inline(always)]
-pub(crate) unsafe fn ring_pop_bytes<F: Field>(at: At, count: *mut usize, dst: *mut u8, size: usize) -> Outcome {
-    // SAFETY: the contract above.
+pub(crate) unsafe fn ring_pop_many<F: Field, T>(
+    at: At,
+    count: *mut usize,
+    dst: *mut T,
+    args: *mut [usize; 2],
+) -> Outcome {
+    // SAFETY: the contract above; `args[0] >= 1`.
     unsafe {
         section!(F::FIELD, at, [
             "mov {c}, qword ptr [{count}]",
             "test {c}, {c}",
             "jz {cmpfail}",
             exit_point!("cmpfail"),
-            "sub {c}, 1",
-            "mov {s}, {c}",
-            "imul {s}, {size}",
-            "lea {s}, [{count} + {s} + 8]",
-            "mov {n}, {size}",
-            "2:",
-            "cmp {n}, 8",
-            "jb 3f",
-            "mov {t}, qword ptr [{s}]",
-            "mov qword ptr [{dst}], {t}",
-            "add {s}, 8",
-            "add {dst}, 8",
-            "sub {n}, 8",
-            "jmp 2b",
-            "3:",
-            "test {n}, {n}",
-            "jz 4f",
-            "mov {t:l}, byte ptr [{s}]",
-            "mov byte ptr [{dst}], {t:l}",
-            "add {s}, 1",
-            "add {dst}, 1",
-            "sub {n}, 1",
-            "jmp 3b",
-            "4:",
+            "mov {len}, qword ptr [{args}]",
+            "cmp {len}, {c}",
+            "cmova {len}, {c}",
+            "mov qword ptr [{args} + 8], {len}",
+            "sub {c}, {len}",
+            "imul {src}, {c}, {size}",
+            "lea {src}, [{count} + {src} + 8]",
+            "imul {len}, {len}, {size}",
+            copy_bytes!(),
             point!(4),
             point!(5),
             "mov qword ptr [{count}], {c}",
         ], [
-            count = in(reg) count, size = in(reg) size, dst = inout(reg) dst => _,
-            c = out(reg) _, s = out(reg) _, n = out(reg) _, t = out(reg) _,
+            count = in(reg) count, args = in(reg) args, dst = inout(reg) dst => _, c = out(reg) _,
+            len = out(reg) _, src = out(reg) _, t = out(reg) _, x = out(xmm_reg) _,
+            size = const core::mem::size_of::<T>(),
+            cmpfail = label { return Outcome::CompareFailed },
+        ]);
+    }
+    Outcome::Committed
+}
+
+// A `Stack`'s column (collections/stack.rs): three words, `top` (the address of the top item's
+// slot, 0 when empty), `high` (the highest chunk, 0 when none) and `first` (the lowest chunk,
+// meaningful while `high` is not 0). A chunk (`Chunk::<T>::BYTES` bytes, aligned to its size) is
+// `down` (0 for the lowest), `up` (meaningful while the chunk is not `high`), `depth` (1 for the
+// lowest), then `ITEMS` slots from `HDR`, `STRIDE` bytes apart (the last at `LAST`): masking a
+// slot's address gives its chunk. The slots above `top` up to the end of `high` are free. Every
+// section below reads what it needs inside the section and commits one word.
+
+/// Stack push: `t = top`; the next slot is `t + STRIDE` inside `t`'s chunk, else the first slot
+/// of the chunk above (`CompareFailed` if `t`'s chunk is `high`), else (empty) `first`'s first
+/// slot (`CompareFailed` if there is no chunk); `*slot = *src; top = slot`.
+#[inline(always)]
+pub(crate) unsafe fn stack_push<F: Field, T>(at: At, col: *mut usize, src: *const T) -> Outcome {
+    // SAFETY: the contract above, and the column's chunks are readable.
+    unsafe {
+        section!(F::FIELD, at, [
+            "mov {t}, qword ptr [{col}]",
+            "test {t}, {t}",
+            "jz 22f",
+            "mov {o}, {t}",
+            "and {o}, {mask}",
+            "cmp {o}, {last}",
+            "je 23f",
+            "add {t}, {stride}",
+            "jmp 24f",
+            "22:",
+            "cmp qword ptr [{col} + 8], 0",
+            "je {cmpfail}",
+            exit_point!("cmpfail"),
+            "mov {t}, qword ptr [{col} + 16]",
+            "add {t}, {hdr}",
+            "jmp 24f",
+            "23:",
+            "sub {t}, {o}",
+            "cmp {t}, qword ptr [{col} + 8]",
+            "je {cmpfail}",
+            "mov {t}, qword ptr [{t} + 8]",
+            "add {t}, {hdr}",
+            "24:",
+            copy_item!("{src}", "{t}", "o", "o"),
+            point!(4),
+            point!(5),
+            "mov qword ptr [{col}], {t}",
+        ], [
+            col = in(reg) col, src = in(reg) src, t = out(reg) _, o = out(reg) _, x = out(xmm_reg) _,
+            mask = const super::Chunk::<T>::MASK, last = const super::Chunk::<T>::LAST,
+            hdr = const super::Chunk::<T>::HDR, stride = const super::Chunk::<T>::STRIDE,
+            chunks = const core::mem::size_of::<T>() / 16, rem = const core::mem::size_of::<T>() % 16,
+            cmpfail = label { return Outcome::CompareFailed },
+        ]);
+    }
+    Outcome::Committed
+}
+
+/// Stack pop: `t = top; if t == 0 { CompareFailed /* empty */ }; *dst = *t`; `top` becomes the
+/// slot below (`t - STRIDE`, or the last slot of the chunk below, or 0); when `t` was its chunk's
+/// first slot, `*free = high.depth - chunk.depth` (the chunks above it, all free) is written too.
+/// `*dst` and `*free` are written before the commit.
+#[inline(always)]
+pub(crate) unsafe fn stack_pop<F: Field, T>(at: At, col: *mut usize, dst: *mut T, free: *mut usize) -> Outcome {
+    // SAFETY: the contract above, and the column's chunks are readable.
+    unsafe {
+        section!(F::FIELD, at, [
+            "mov {t}, qword ptr [{col}]",
+            "test {t}, {t}",
+            "jz {cmpfail}",
+            exit_point!("cmpfail"),
+            copy_item!("{t}", "{dst}", "o", "o"),
+            "mov {o}, {t}",
+            "and {o}, {mask}",
+            "cmp {o}, {hdr}",
+            "je 22f",
+            "sub {t}, {stride}",
+            "jmp 24f",
+            "22:",
+            "sub {t}, {o}",
+            "mov {o}, qword ptr [{col} + 8]",
+            "mov {o}, qword ptr [{o} + 16]",
+            "sub {o}, qword ptr [{t} + 16]",
+            "mov qword ptr [{free}], {o}",
+            "mov {t}, qword ptr [{t}]",
+            "test {t}, {t}",
+            "jz 24f",
+            "add {t}, {last}",
+            "24:",
+            point!(4),
+            point!(5),
+            "mov qword ptr [{col}], {t}",
+        ], [
+            col = in(reg) col, dst = in(reg) dst, free = in(reg) free, t = out(reg) _, o = out(reg) _,
+            x = out(xmm_reg) _,
+            mask = const super::Chunk::<T>::MASK, last = const super::Chunk::<T>::LAST,
+            hdr = const super::Chunk::<T>::HDR, stride = const super::Chunk::<T>::STRIDE,
+            chunks = const core::mem::size_of::<T>() / 16, rem = const core::mem::size_of::<T>() % 16,
+            cmpfail = label { return Outcome::CompareFailed },
+        ]);
+    }
+    Outcome::Committed
+}
+
+/// Stack attach of the private chunk `chunk` (its `up` 0): only when the column has no free slot
+/// (empty with no chunk, or `top` at the last slot of `high`), else `CompareFailed`;
+/// `chunk.down = h; chunk.depth = (h ? h.depth : 0) + 1; (h ? h.up : first) = chunk; high =
+/// chunk`. The store to `h.up` (or `first`) before the commit is harmless if the section aborts:
+/// that word means nothing while `h` is `high`.
+#[inline(always)]
+pub(crate) unsafe fn stack_attach<F: Field, T>(at: At, col: *mut usize, chunk: usize) -> Outcome {
+    // SAFETY: the contract above; `chunk` is private to the caller until the commit.
+    unsafe {
+        section!(F::FIELD, at, [
+            "mov {t}, qword ptr [{col}]",
+            "mov {h}, qword ptr [{col} + 8]",
+            "test {t}, {t}",
+            "jz 22f",
+            "mov {d}, {t}",
+            "and {d}, {mask}",
+            "cmp {d}, {last}",
+            "jne {cmpfail}",
+            exit_point!("cmpfail"),
+            "sub {t}, {d}",
+            "cmp {t}, {h}",
+            "jne {cmpfail}",
+            "jmp 23f",
+            "22:",
+            "test {h}, {h}",
+            "jnz {cmpfail}",
+            "23:",
+            "mov qword ptr [{chunk}], {h}",
+            "xor {d:e}, {d:e}",
+            "lea {t}, [{col} + 8]",
+            "test {h}, {h}",
+            "jz 24f",
+            "mov {d}, qword ptr [{h} + 16]",
+            "mov {t}, {h}",
+            "24:",
+            "add {d}, 1",
+            "mov qword ptr [{chunk} + 16], {d}",
+            "mov qword ptr [{t} + 8], {chunk}",
+            point!(4),
+            point!(5),
+            "mov qword ptr [{col} + 8], {chunk}",
+        ], [
+            col = in(reg) col, chunk = in(reg) chunk, t = out(reg) _, h = out(reg) _, d = out(reg) _,
+            mask = const super::Chunk::<T>::MASK, last = const super::Chunk::<T>::LAST,
+            cmpfail = label { return Outcome::CompareFailed },
+        ]);
+    }
+    Outcome::Committed
+}
+
+/// Stack trim: `h = high; d = top ? chunk(top).depth : 0; if h == 0 || h.depth - d <= keep {
+/// CompareFailed }; *out = h; high = h.down` (the highest chunk, free, is detached: the caller
+/// owns it after the commit).
+#[inline(always)]
+pub(crate) unsafe fn stack_trim<F: Field, T>(at: At, col: *mut usize, keep: usize, out: *mut usize) -> Outcome {
+    // SAFETY: the contract above.
+    unsafe {
+        section!(F::FIELD, at, [
+            "mov {h}, qword ptr [{col} + 8]",
+            "test {h}, {h}",
+            "jz {cmpfail}",
+            exit_point!("cmpfail"),
+            "mov {d}, qword ptr [{h} + 16]",
+            "mov {t}, qword ptr [{col}]",
+            "test {t}, {t}",
+            "jz 22f",
+            "and {t}, -{bytes}",
+            "sub {d}, qword ptr [{t} + 16]",
+            "22:",
+            "cmp {d}, {keep}",
+            "jbe {cmpfail}",
+            "mov qword ptr [{out}], {h}",
+            "mov {h}, qword ptr [{h}]",
+            point!(4),
+            point!(5),
+            "mov qword ptr [{col} + 8], {h}",
+        ], [
+            col = in(reg) col, keep = in(reg) keep, out = in(reg) out, t = out(reg) _, h = out(reg) _,
+            d = out(reg) _, bytes = const super::Chunk::<T>::BYTES,
+            cmpfail = label { return Outcome::CompareFailed },
+        ]);
+    }
+    Outcome::Committed
+}
+
+/// Stack push of up to `args[0] >= 1` items from `src` (in order: the last one ends on top), as
+/// many as there are free slots: `CompareFailed` if there is none; `args[1]` = how many were not
+/// pushed; `top` = the last slot filled.
+#[inline(always)]
+pub(crate) unsafe fn stack_push_many<F: Field, T>(
+    at: At,
+    col: *mut usize,
+    src: *const T,
+    args: *mut [usize; 2],
+) -> Outcome {
+    // SAFETY: the contract above, as for `stack_push`; `args[0] >= 1`.
+    unsafe {
+        section!(F::FIELD, at, [
+            "mov {k}, qword ptr [{args}]",
+            "mov {t}, qword ptr [{col}]",
+            "test {t}, {t}",
+            "jz 22f",
+            "mov {o}, {t}",
+            "and {o}, {mask}",
+            "cmp {o}, {last}",
+            "je 23f",
+            "add {t}, {stride}",
+            "jmp 24f",
+            "22:",
+            "cmp qword ptr [{col} + 8], 0",
+            "je {cmpfail}",
+            exit_point!("cmpfail"),
+            "mov {t}, qword ptr [{col} + 16]",
+            "add {t}, {hdr}",
+            "jmp 24f",
+            "23:",
+            "sub {t}, {o}",
+            "cmp {t}, qword ptr [{col} + 8]",
+            "je {cmpfail}",
+            "mov {t}, qword ptr [{t} + 8]",
+            "add {t}, {hdr}",
+            "24:",
+            copy_item!("{s}", "{t}", "o", "o"),
+            "add {s}, {size}",
+            "sub {k}, 1",
+            "jz 4f",
+            "mov {o}, {t}",
+            "and {o}, {mask}",
+            "cmp {o}, {last}",
+            "je 2f",
+            "add {t}, {stride}",
+            "jmp 24b",
+            "2:",
+            "mov {c}, {t}",
+            "sub {c}, {o}",
+            "cmp {c}, qword ptr [{col} + 8]",
+            "je 4f",
+            "mov {t}, qword ptr [{c} + 8]",
+            "add {t}, {hdr}",
+            "jmp 24b",
+            "4:",
+            "mov qword ptr [{args} + 8], {k}",
+            point!(4),
+            point!(5),
+            "mov qword ptr [{col}], {t}",
+        ], [
+            col = in(reg) col, s = inout(reg) src => _, args = in(reg) args, k = out(reg) _,
+            t = out(reg) _, o = out(reg) _, c = out(reg) _, x = out(xmm_reg) _,
+            mask = const super::Chunk::<T>::MASK, last = const super::Chunk::<T>::LAST,
+            hdr = const super::Chunk::<T>::HDR, stride = const super::Chunk::<T>::STRIDE,
+            size = const core::mem::size_of::<T>(),
+            chunks = const core::mem::size_of::<T>() / 16, rem = const core::mem::size_of::<T>() % 16,
+            cmpfail = label { return Outcome::CompareFailed },
+        ]);
+    }
+    Outcome::Committed
+}
+
+/// Stack pop of up to `args[0] >= 1` items to `dst`, the top first: `CompareFailed` if empty;
+/// `args[1]` = how many were not popped; `args[2]` = `high.depth - depth` of the lowest chunk
+/// left behind empty, if any (as in `stack_pop`); `top` = the slot below the last one popped.
+#[inline(always)]
+pub(crate) unsafe fn stack_pop_many<F: Field, T>(
+    at: At,
+    col: *mut usize,
+    dst: *mut T,
+    args: *mut [usize; 3],
+) -> Outcome {
+    // SAFETY: the contract above, as for `stack_pop`; `args[0] >= 1`.
+    unsafe {
+        section!(F::FIELD, at, [
+            "mov {k}, qword ptr [{args}]",
+            "mov {t}, qword ptr [{col}]",
+            "test {t}, {t}",
+            "jz {cmpfail}",
+            exit_point!("cmpfail"),
+            "24:",
+            copy_item!("{t}", "{d}", "o", "o"),
+            "add {d}, {size}",
+            "sub {k}, 1",
+            "mov {o}, {t}",
+            "and {o}, {mask}",
+            "cmp {o}, {hdr}",
+            "je 22f",
+            "sub {t}, {stride}",
+            "test {k}, {k}",
+            "jnz 24b",
+            "jmp 4f",
+            "22:",
+            "sub {t}, {o}",
+            "mov {o}, qword ptr [{col} + 8]",
+            "mov {o}, qword ptr [{o} + 16]",
+            "sub {o}, qword ptr [{t} + 16]",
+            "mov qword ptr [{args} + 16], {o}",
+            "mov {t}, qword ptr [{t}]",
+            "test {t}, {t}",
+            "jz 4f",
+            "add {t}, {last}",
+            "test {k}, {k}",
+            "jnz 24b",
+            "4:",
+            "mov qword ptr [{args} + 8], {k}",
+            point!(4),
+            point!(5),
+            "mov qword ptr [{col}], {t}",
+        ], [
+            col = in(reg) col, d = inout(reg) dst => _, args = in(reg) args, k = out(reg) _,
+            t = out(reg) _, o = out(reg) _, x = out(xmm_reg) _,
+            mask = const super::Chunk::<T>::MASK, last = const super::Chunk::<T>::LAST,
+            hdr = const super::Chunk::<T>::HDR, stride = const super::Chunk::<T>::STRIDE,
+            size = const core::mem::size_of::<T>(),
+            chunks = const core::mem::size_of::<T>() / 16, rem = const core::mem::size_of::<T>() % 16,
             cmpfail = label { return Outcome::CompareFailed },
         ]);
     }
@@ -722,32 +1123,13 @@ pub(crate) unsafe fn cbne_memcpy_store<F: Field>(
             "cmp qword ptr [{v}], {expect}",
             "jne {cmpfail}",
             exit_point!("cmpfail"),
-            "cmp {len}, 8",
-            "jb 3f",
-            "2:",
-            "mov {t}, qword ptr [{src}]",
-            "mov qword ptr [{dst}], {t}",
-            "add {src}, 8",
-            "add {dst}, 8",
-            "sub {len}, 8",
-            "cmp {len}, 8",
-            "jae 2b",
-            "3:",
-            "test {len}, {len}",
-            "jz 4f",
-            "mov {t:l}, byte ptr [{src}]",
-            "mov byte ptr [{dst}], {t:l}",
-            "inc {src}",
-            "inc {dst}",
-            "dec {len}",
-            "jmp 3b",
-            "4:",
+            copy_bytes!(),
             point!(5),
             "mov qword ptr [{v}], {new}",
         ], [
             v = in(reg) v, expect = in(reg) expect, new = in(reg) new,
             dst = inout(reg) dst => _, src = inout(reg) src => _, len = inout(reg) len => _,
-            t = out(reg) _, cmpfail = label { return Outcome::CompareFailed },
+            t = out(reg) _, x = out(xmm_reg) _, cmpfail = label { return Outcome::CompareFailed },
         ]);
     }
     Outcome::Committed

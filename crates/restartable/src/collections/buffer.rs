@@ -84,7 +84,7 @@ impl<T, I: Index> Buffer<T, I> {
         // SAFETY: `items` holds `n` boxes, each one aligned pointer; the moved ones (the last
         // `moved`) now belong to the buffer, so the `Vec` forgets them.
         unsafe {
-            let moved = self.rings.push_many(items.as_ptr().cast(), n, true);
+            let moved = self.rings.push_many::<usize, true>(items.as_ptr().cast(), n);
             items.set_len(n - moved);
             moved
         }
@@ -100,7 +100,7 @@ impl<T, I: Index> Buffer<T, I> {
         // the moved ones are published pointers from `push`, now `out`'s.
         unsafe {
             let len = out.len();
-            let moved = self.rings.pop_many(out.as_mut_ptr().add(len).cast(), max);
+            let moved = self.rings.pop_many::<usize>(out.as_mut_ptr().add(len).cast(), max);
             out.set_len(len + moved);
             moved
         }

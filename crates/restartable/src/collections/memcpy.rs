@@ -96,7 +96,7 @@ impl<T: Copy, I: Index> MemcpyBuffer<T, I> {
     /// ```
     pub fn push_batch(&self, items: &[T]) -> usize {
         // SAFETY: `items` is readable for its length; items are copied as bytes.
-        unsafe { self.rings.push_many(items.as_ptr().cast(), items.len(), false) }
+        unsafe { self.rings.push_many::<T, false>(items.as_ptr(), items.len()) }
     }
 
     /// Copy out and remove up to `max` items, the last ones pushed on the current CPU's buffer
@@ -108,7 +108,7 @@ impl<T: Copy, I: Index> MemcpyBuffer<T, I> {
         // SAFETY: `out` has room for `max` more items; the moved bytes are whole pushed `T`s.
         unsafe {
             let len = out.len();
-            let moved = self.rings.pop_many(out.as_mut_ptr().add(len).cast(), max);
+            let moved = self.rings.pop_many(out.as_mut_ptr().add(len), max);
             out.set_len(len + moved);
             moved
         }

@@ -33,7 +33,7 @@ pub use buffer::Buffer;
 pub use counter::Counter;
 pub use memcpy::{MAX_ITEM, MemcpyBuffer};
 pub use spinlock::{SpinLock, SpinLockGuard};
-pub use stack::Stack;
+pub use stack::{DEFAULT_CHUNK_CACHE, Stack};
 
 pub(crate) use crate::percpu::drop_all;
 

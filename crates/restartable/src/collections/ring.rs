@@ -110,19 +110,7 @@ impl<I: Index> Rings<I> {
                 // SAFETY: array `at.index` is written only by sections on that index and under its
                 // guard; the section stores the item below the capacity and commits the count
                 // only on that index; `src` is the caller's.
-                unsafe {
-                    match self.items {
-                        Items::Words => arch::ring_push_word::<I>(
-                            at,
-                            head.count.as_ptr(),
-                            self.capacity,
-                            src.cast::<usize>().read(),
-                        ),
-                        Items::Bytes(_) => {
-                            arch::ring_push_bytes::<I>(at, head.count.as_ptr(), self.capacity, src.cast(), size)
-                        }
-                    }
-                }
+                unsafe { arch::ring_push_item::<I, T>(at, head.count.as_ptr(), self.capacity, src) }
             },
             |slow| match slow {
                 Slow::Stopped(head, _) | Slow::Degraded(head, _) => {
@@ -161,12 +149,7 @@ impl<I: Index> Rings<I> {
                 // SAFETY: array `at.index` is written only by sections on that index and under its
                 // guard; the section copies the published item at `count - 1` to `dst` (the
                 // caller's) and commits the count only on that index.
-                unsafe {
-                    match self.items {
-                        Items::Words => arch::ring_pop_word::<I>(at, head.count.as_ptr(), dst.cast()),
-                        Items::Bytes(_) => arch::ring_pop_bytes::<I>(at, head.count.as_ptr(), dst.cast(), size),
-                    }
-                }
+                unsafe { arch::ring_pop_item::<I, T>(at, head.count.as_ptr(), dst) }
             },
             |slow| match slow {
                 Slow::Stopped(head, _) | Slow::Degraded(head, _) => {
@@ -190,54 +173,53 @@ impl<I: Index> Rings<I> {
         matches!(path, Path::Fast(Outcome::Committed) | Path::Slow(true))
     }
 
-    /// Copy up to `n` of the `n` contiguous items at `src` into the current CPU's array in one
-    /// section, as many as fit (`k`): the last `k` when `from_end`, else the first `k`. Returns
+    /// Copy up to `n` of the `n` contiguous `T`s at `src` into the current CPU's array in one
+    /// section, as many as fit (`k`): the last `k` when `FROM_END`, else the first `k`. Returns
     /// `k` (0 when the array is full, or out of reach of a thread that may not wait).
     ///
     /// # Safety
-    /// `src` is readable for `n` items (and for [`Items::Words`] holds aligned `usize`s).
-    pub(crate) unsafe fn push_many(&self, src: *const u8, n: usize, from_end: bool) -> usize {
-        let first = |k: usize| if from_end { (n - k) * self.items.size() } else { 0 };
-        let size = self.items.size();
-        loop {
-            let moved = core::cell::Cell::new(0usize);
-            let path = retry::drive(
-                self,
-                |head, at| {
+    /// `src` is readable for `n` `T`s, whose size is the arrays' item size (`usize` for
+    /// [`Items::Words`]).
+    pub(crate) unsafe fn push_many<T, const FROM_END: bool>(&self, src: *const T, n: usize) -> usize {
+        debug_assert_eq!(size_of::<T>(), self.items.size());
+        if n == 0 {
+            return 0;
+        }
+        let size = size_of::<T>();
+        let first = |k: usize| if FROM_END { n - k } else { 0 };
+        let mut args = [self.capacity, n, 0];
+        let args_ptr: *mut [usize; 3] = &mut args;
+        let path = retry::drive(
+            self,
+            // SAFETY: array `at.index` is written only by sections on that index and under its
+            // guard; the section copies at most the free room's worth of the caller's items and
+            // commits the count only on that index; `args` is a live local.
+            |head, at| unsafe { arch::ring_push_many::<I, T, FROM_END>(at, head.count.as_ptr(), src, args_ptr) },
+            |slow| match slow {
+                Slow::Stopped(head, _) | Slow::Degraded(head, _) => {
                     let c = head.count.load(Relaxed);
                     let k = n.min(self.capacity.saturating_sub(c));
-                    moved.set(k);
-                    if k == 0 {
-                        return Outcome::CompareFailed;
-                    }
-                    let (from, to) = (src.wrapping_add(first(k)), items_of(head).wrapping_add(c * size));
-                    // SAFETY: array `at.index` is written only by sections on that index and under
-                    // its guard; `to` has room for `k` items (c + k <= capacity); `from` is the
-                    // caller's; the count commits only if it is still `c`.
-                    unsafe { arch::cbne_memcpy_store::<I>(at, head.count.as_ptr(), c, to, from, k * size, c + k) }
-                },
-                |slow| match slow {
-                    Slow::Stopped(head, _) | Slow::Degraded(head, _) => {
-                        let c = head.count.load(Relaxed);
-                        let k = n.min(self.capacity.saturating_sub(c));
-                        // SAFETY: the guard excludes every other access to this array; room for
-                        // `k` items; the source is the caller's.
-                        unsafe {
-                            core::ptr::copy_nonoverlapping(src.add(first(k)), items_of(head).add(c * size), k * size)
-                        };
-                        head.count.store(c + k, Release);
-                        k
-                    }
-                    Slow::Spare(_) => 0,
-                },
-                false,
-            );
-            return match path {
-                Path::Fast(Outcome::Committed) => moved.get(),
-                Path::Fast(_) if moved.get() != 0 => continue, // the count moved: look again
-                Path::Fast(_) => 0,
-                Path::Slow(k) => k,
-            };
+                    // SAFETY: the guard excludes every other access to this array; room for `k`
+                    // items; the source is the caller's.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            src.add(first(k)).cast::<u8>(),
+                            items_of(head).add(c * size),
+                            k * size,
+                        )
+                    };
+                    head.count.store(c + k, Release);
+                    k
+                }
+                Slow::Spare(_) => 0,
+            },
+            false,
+        );
+        match path {
+            // SAFETY: the section wrote `args[2]` before committing.
+            Path::Fast(Outcome::Committed) => unsafe { (*args_ptr)[2] },
+            Path::Fast(_) => 0, // full
+            Path::Slow(k) => k,
         }
     }
 
@@ -245,46 +227,42 @@ impl<I: Index> Rings<I> {
     /// were pushed), to `dst` in one section; the number moved.
     ///
     /// # Safety
-    /// `dst` is writable for `max` items.
-    pub(crate) unsafe fn pop_many(&self, dst: *mut u8, max: usize) -> usize {
-        let size = self.items.size();
-        loop {
-            let moved = core::cell::Cell::new(0usize);
-            let path = retry::drive(
-                self,
-                |head, at| {
-                    let c = head.count.load(Relaxed);
+    /// `dst` is writable for `max` `T`s, whose size is the arrays' item size.
+    pub(crate) unsafe fn pop_many<T>(&self, dst: *mut T, max: usize) -> usize {
+        debug_assert_eq!(size_of::<T>(), self.items.size());
+        if max == 0 {
+            return 0;
+        }
+        let size = size_of::<T>();
+        let mut args = [max, 0];
+        let args_ptr: *mut [usize; 2] = &mut args;
+        let path = retry::drive(
+            self,
+            // SAFETY: array `at.index` is written only by sections on that index and under its
+            // guard; the section copies published items to the caller's `dst` and commits the
+            // count only on that index; `args` is a live local.
+            |head, at| unsafe { arch::ring_pop_many::<I, T>(at, head.count.as_ptr(), dst, args_ptr) },
+            |slow| match slow {
+                Slow::Stopped(head, _) | Slow::Degraded(head, _) => {
+                    let c = head.count.load(Acquire);
                     let k = max.min(c);
-                    moved.set(k);
-                    if k == 0 {
-                        return Outcome::CompareFailed;
-                    }
-                    let from = items_of(head).wrapping_add((c - k) * size);
-                    // SAFETY: array `at.index` is written only by sections on that index and under
-                    // its guard; `from` holds `k` published items; `dst` is the caller's; the
-                    // count commits only if it is still `c`.
-                    unsafe { arch::cbne_memcpy_store::<I>(at, head.count.as_ptr(), c, dst, from, k * size, c - k) }
-                },
-                |slow| match slow {
-                    Slow::Stopped(head, _) | Slow::Degraded(head, _) => {
-                        let c = head.count.load(Acquire);
-                        let k = max.min(c);
-                        // SAFETY: the guard excludes every other access to this array; the last
-                        // `k` items are published; `dst` has room for them.
-                        unsafe { core::ptr::copy_nonoverlapping(items_of(head).add((c - k) * size), dst, k * size) };
-                        head.count.store(c - k, Relaxed);
-                        k
-                    }
-                    Slow::Spare(_) => 0,
-                },
-                false,
-            );
-            return match path {
-                Path::Fast(Outcome::Committed) => moved.get(),
-                Path::Fast(_) if moved.get() != 0 => continue,
-                Path::Fast(_) => 0,
-                Path::Slow(k) => k,
-            };
+                    // SAFETY: the guard excludes every other access to this array; the last
+                    // `k` items are published; `dst` has room for them.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(items_of(head).add((c - k) * size), dst.cast::<u8>(), k * size)
+                    };
+                    head.count.store(c - k, Relaxed);
+                    k
+                }
+                Slow::Spare(_) => 0,
+            },
+            false,
+        );
+        match path {
+            // SAFETY: the section wrote `args[1]` before committing.
+            Path::Fast(Outcome::Committed) => unsafe { (*args_ptr)[1] },
+            Path::Fast(_) => 0, // empty
+            Path::Slow(k) => k,
         }
     }
 
