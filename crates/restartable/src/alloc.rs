@@ -255,6 +255,13 @@ fn class_layout(k: usize) -> Layout {
     unsafe { Layout::from_size_align_unchecked(CLASSES[k], MAX_SMALL_ALIGN) }
 }
 
+std::thread_local! {
+    /// Set while this thread fills a batch from the inner allocator (`PerCpuAlloc::alloc_slow`).
+    /// A `const` cell without `Drop`: no allocation and no destructor registration, so it is
+    /// usable from the first allocation of a thread to its last.
+    static REFILLING: Cell<bool> = const { Cell::new(false) };
+}
+
 /// The low bits of a class's count word: the cached blocks.
 const COUNT: usize = 0xffff;
 /// One pop in the upper bits of a count word.
@@ -764,6 +771,13 @@ impl<A: GlobalAlloc> PerCpuAlloc<A> {
         let batch = &mut buf[..BATCH[k]];
         let mut n = self.depot_pop(k, batch);
         if n == 0 {
+            // An inner allocator that calls back into this one (directly or through the global
+            // allocator) would find this cache empty again and start a batch of its own, and so
+            // on without end: a call nested inside a batch takes one block directly.
+            if REFILLING.get() {
+                return self.alloc_direct(k);
+            }
+            REFILLING.set(true);
             while n < batch.len() {
                 // SAFETY: a class layout (non-zero size).
                 let p = unsafe { self.inner.alloc(class_layout(k)) };
@@ -773,6 +787,7 @@ impl<A: GlobalAlloc> PerCpuAlloc<A> {
                 batch[n] = p as usize;
                 n += 1;
             }
+            REFILLING.set(false);
             self.from_inner.fetch_add(n as u64, Ordering::Relaxed);
             if n == 0 {
                 return ptr::null_mut();

@@ -292,8 +292,8 @@ fn threads_exit_holding_cached_memory() {
         let handles: Vec<_> = (0..8u64)
             .map(|t| {
                 std::thread::spawn(move || {
-                    let blocks: Vec<Tagged> = (0..200)
-                        .map(|i| Tagged::new(Layout::from_size_align(16 + (i % 64) * 16, 8).unwrap(), round << 20 | t << 10 | i))
+                    let blocks: Vec<Tagged> = (0..200u64)
+                        .map(|i| Tagged::new(Layout::from_size_align(16 + (i as usize % 64) * 16, 8).unwrap(), round << 20 | t << 10 | i))
                         .collect();
                     // Half freed here (into a cache), half handed back to the parent.
                     let (keep, give): (Vec<_>, Vec<_>) = blocks.into_iter().partition(|b| b.tag % 2 == 0);
@@ -570,7 +570,7 @@ fn signal_handler_nested_in_the_allocator_child() {
         // SAFETY: installs a handler that only uses NESTED (over the async-signal-safe Bump).
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = nested_handler as usize;
+            sa.sa_sigaction = nested_handler as *const () as usize;
             sa.sa_flags = libc::SA_RESTART;
             assert_eq!(libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()), 0);
             let t = libc::itimerval {
