@@ -527,9 +527,7 @@ impl Lock {
     fn lock(&self) -> Option<Held<'_>> {
         let w = &self.0;
         let me = guard::owner_token();
-        let take = |cur: u32, new: u32| {
-            w.compare_exchange(cur, new, Ordering::Acquire, Ordering::Relaxed).is_ok()
-        };
+        let take = |cur: u32, new: u32| w.compare_exchange(cur, new, Ordering::Acquire, Ordering::Relaxed).is_ok();
         for _ in 0..SPINS {
             let cur = w.load(Ordering::Relaxed);
             if (cur == 0 && take(0, me)) || (guard::stale_owner(cur) && take(cur, me | (cur & WAITERS))) {
@@ -1048,7 +1046,9 @@ impl<A: GlobalAlloc> Drop for PerCpuAlloc<A> {
         for k in 0..NUM_CLASSES {
             for i in 0..self.depot[k].len.load(Ordering::Relaxed) {
                 // SAFETY: the depot's published pointers, each freed once.
-                unsafe { self.inner.dealloc(self.depot_slot(k, i).load(Ordering::Relaxed) as *mut u8, class_layout(k)) };
+                unsafe {
+                    self.inner.dealloc(self.depot_slot(k, i).load(Ordering::Relaxed) as *mut u8, class_layout(k))
+                };
             }
         }
         // SAFETY: the block came from `Block::into_raw` with this layout and the mapping from

@@ -73,6 +73,11 @@ mod status;
 pub mod sys;
 mod thread;
 
+// With `--features global-percpu-alloc` the unit tests' global allocator is `PerCpuAlloc`.
+#[cfg(all(test, feature = "global-percpu-alloc"))]
+#[global_allocator]
+static GLOBAL_PERCPU_ALLOC: alloc::PerCpuAlloc = alloc::PerCpuAlloc::new(std::alloc::System);
+
 pub use collections::{Buffer, Counter, MemcpyBuffer, SpinLock, SpinLockGuard, Stack};
 pub use cpu::{current_cpu, current_mm_cid, current_node};
 pub use percpu::PerCpu;

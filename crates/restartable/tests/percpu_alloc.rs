@@ -293,7 +293,12 @@ fn threads_exit_holding_cached_memory() {
             .map(|t| {
                 std::thread::spawn(move || {
                     let blocks: Vec<Tagged> = (0..200u64)
-                        .map(|i| Tagged::new(Layout::from_size_align(16 + (i as usize % 64) * 16, 8).unwrap(), round << 20 | t << 10 | i))
+                        .map(|i| {
+                            Tagged::new(
+                                Layout::from_size_align(16 + (i as usize % 64) * 16, 8).unwrap(),
+                                round << 20 | t << 10 | i,
+                            )
+                        })
                         .collect();
                     // Half freed here (into a cache), half handed back to the parent.
                     let (keep, give): (Vec<_>, Vec<_>) = blocks.into_iter().partition(|b| b.tag % 2 == 0);
@@ -416,7 +421,8 @@ fn allocating_while_holding_a_guard_never_waits() {
             let cpu = restartable::current_cpu();
             let stop = restartable::guard::stop::<restartable::ops::Cpu>(cpu).unwrap();
             assert!(restartable::guard::held() > 0);
-            let blocks: Vec<Tagged> = (0..64).map(|i| Tagged::new(Layout::from_size_align(8 + i * 8, 8).unwrap(), n + i as u64)).collect();
+            let blocks: Vec<Tagged> =
+                (0..64).map(|i| Tagged::new(Layout::from_size_align(8 + i * 8, 8).unwrap(), n + i as u64)).collect();
             blocks.into_iter().for_each(Tagged::free);
             drop(stop);
             n += 64;
@@ -697,7 +703,9 @@ fn every_mode_child() {
         done.store(true, Relaxed);
     });
     let sums: Vec<usize> = (0..32)
-        .map(|i| std::thread::spawn(move || (0..500).map(|k| vec![0u8; (i * 37 + k) % 1024 + 1].len()).sum()).join().unwrap())
+        .map(|i| {
+            std::thread::spawn(move || (0..500).map(|k| vec![0u8; (i * 37 + k) % 1024 + 1].len()).sum()).join().unwrap()
+        })
         .collect();
     assert_eq!(sums.len(), 32);
     let s = GLOBAL.stats();
