@@ -337,9 +337,23 @@ unsafe fn item(h: &Head, k: usize, i: usize) -> &AtomicUsize {
 
 impl Caches {
     /// Pop a block of class `k` from the current CPU's cache: its address, or 0 when the cache is
-    /// empty (or out of reach of a thread that may not wait for a guard).
+    /// empty (or out of reach of a thread that may not wait for a guard). Inline: one section;
+    /// an abort, a stop or a thread without an area goes to the driver, out of line.
     #[inline(always)]
     fn pop(self, k: usize) -> usize {
+        let mut out = 0usize;
+        // SAFETY: as in `pop_driven`.
+        match retry::one_section(&self, |h, at| unsafe { arch::cache_pop::<Cpu>(at, ring(h, k), &mut out) }) {
+            Outcome::Committed => out,
+            Outcome::CompareFailed => 0,
+            Outcome::Aborted | Outcome::Stopped => self.pop_driven(k),
+        }
+    }
+
+    /// [`pop`](Self::pop) through the driver (retries, the slow path).
+    #[cold]
+    #[inline(never)]
+    fn pop_driven(self, k: usize) -> usize {
         let mut out = 0usize;
         let path = retry::drive(
             &self,
@@ -371,8 +385,21 @@ impl Caches {
     }
 
     /// Push `p` (class `k`) on the current CPU's cache; false when it is full (or out of reach).
+    /// Inline: one section, as [`pop`](Self::pop).
     #[inline(always)]
     fn push(self, k: usize, p: usize) -> bool {
+        // SAFETY: as in `push_driven`.
+        match retry::one_section(&self, |h, at| unsafe { arch::cache_push::<Cpu>(at, ring(h, k), CAPACITY[k], p) }) {
+            Outcome::Committed => true,
+            Outcome::CompareFailed => false,
+            Outcome::Aborted | Outcome::Stopped => self.push_driven(k, p),
+        }
+    }
+
+    /// [`push`](Self::push) through the driver (retries, the slow path).
+    #[cold]
+    #[inline(never)]
+    fn push_driven(self, k: usize, p: usize) -> bool {
         let path = retry::drive(
             &self,
             // SAFETY: as in `pop`; the section stores below the capacity and commits the count
