@@ -334,7 +334,13 @@ fn rss_after_threads(threads: usize, _scale: f64) -> f64 {
     let after = rss().saturating_sub(before) as f64 / (1 << 20) as f64;
     if std::env::var_os("ALLOC_BENCH_TRIM").is_some() {
         let s = PERCPU.stats();
-        eprintln!("cached {} KiB (depot {} KiB), from_inner {} to_inner {}", s.cached_bytes() >> 10, s.depot_bytes >> 10, s.from_inner, s.to_inner);
+        eprintln!(
+            "cached {} KiB (depot {} KiB), from_inner {} to_inner {}",
+            s.cached_bytes() >> 10,
+            s.depot_bytes >> 10,
+            s.from_inner,
+            s.to_inner
+        );
         PERCPU.trim();
         eprintln!("after trim: {:.1} MiB", rss().saturating_sub(before) as f64 / (1 << 20) as f64);
     }
@@ -370,7 +376,8 @@ fn measure(allocator: &str, w: Workload, threads: usize, scale: f64) -> f64 {
 
 fn cpu_name() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = info.lines().find_map(|l| l.strip_prefix("model name")).map_or("?", |m| m.trim_start_matches([' ', '\t', ':']));
+    let model =
+        info.lines().find_map(|l| l.strip_prefix("model name")).map_or("?", |m| m.trim_start_matches([' ', '\t', ':']));
     let hyper = if info.contains(" hypervisor") { ", virtual machine" } else { "" };
     format!("{model}, {} online CPUs{hyper}", std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

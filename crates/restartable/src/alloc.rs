@@ -920,7 +920,7 @@ impl<A: GlobalAlloc> PerCpuAlloc<A> {
         if self.caches().is_none() {
             return bytes;
         }
-        for k in 0..NUM_CLASSES {
+        for (k, size) in CLASSES.iter().enumerate() {
             let mut buf = [0usize; 256];
             loop {
                 let n = self.depot_pop(k, &mut buf);
@@ -928,7 +928,7 @@ impl<A: GlobalAlloc> PerCpuAlloc<A> {
                     break;
                 }
                 self.free_to_inner(k, &buf[..n]);
-                bytes += n * CLASSES[k];
+                bytes += n * size;
             }
         }
         bytes

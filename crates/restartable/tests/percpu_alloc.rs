@@ -248,7 +248,7 @@ fn alloc_zeroed_is_zeroed_even_from_a_dirty_cache() {
             // SAFETY: non-zero size; read within it, freed once.
             unsafe {
                 let p = GLOBAL.alloc_zeroed(layout);
-                assert!(!p.is_null() && p as usize % align == 0);
+                assert!(!p.is_null() && (p as usize).is_multiple_of(align));
                 assert!(std::slice::from_raw_parts(p, size).iter().all(|&b| b == 0), "{layout:?} not zeroed");
                 GLOBAL.dealloc(p, layout);
             }
@@ -441,7 +441,7 @@ static REENTERED: AtomicU64 = AtomicU64::new(0);
 // SAFETY: forwards to System; the nested calls allocate and free a block of their own.
 unsafe impl GlobalAlloc for Reentrant {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        if REENTERED.fetch_add(1, Relaxed) % 7 == 0 {
+        if REENTERED.fetch_add(1, Relaxed).is_multiple_of(7) {
             let small = Layout::from_size_align(48, 8).unwrap();
             // SAFETY: a nested allocation and free of the outer allocator.
             unsafe {
