@@ -144,8 +144,12 @@ fn force_degraded_reruns_in_degraded_mode() {
         // Degraded: no critical section commits, so none aborts. A counter's add is one atomic
         // instruction on the current CPU's slot (no guard, no lock: not a slow path); every
         // other operation goes through the guard (an empty pop may answer without it).
+        // (With `percpu-alloc` the binary's global allocator takes slow paths of its own, which
+        // the process-wide count includes.)
         if t["test"] == "counter" {
-            assert_eq!(t["slow_path_uses"], 0, "degraded counter adds take no guard: {t}");
+            if !cfg!(feature = "percpu-alloc") {
+                assert_eq!(t["slow_path_uses"], 0, "degraded counter adds take no guard: {t}");
+            }
         } else {
             assert!(t["slow_path_uses"].as_u64() >= Some(1000), "{t}");
         }
