@@ -304,11 +304,29 @@ macro_rules! copy_item {
 }
 
 /// Copy `{len}` bytes (a register, consumed, as are `{src}` and `{dst}`) with the scratch
-/// registers `x` (an `xmm`) and `t`: 16 bytes at a time (label 3), then the tail in 8-, 4-, 2-
-/// and 1-byte moves (label 4, reused). An op that uses it has no label 3 or 4 of its own.
+/// registers `x`, `x1`, `x2`, `x3` (`xmm`s) and `t`: 64 bytes at a time (label 30), then 16
+/// (labels 31, 3), then the tail in 8-, 4-, 2- and 1-byte moves (label 4, reused). An op that
+/// uses it has no label 3, 4, 30 or 31 of its own (the section uses 5 to 9).
 macro_rules! copy_bytes {
     () => {
         concat!(
+            "cmp {len}, 64\n",
+            "jb 31f\n",
+            "30:\n",
+            "movups {x}, xmmword ptr [{src}]\n",
+            "movups {x1}, xmmword ptr [{src} + 16]\n",
+            "movups {x2}, xmmword ptr [{src} + 32]\n",
+            "movups {x3}, xmmword ptr [{src} + 48]\n",
+            "movups xmmword ptr [{dst}], {x}\n",
+            "movups xmmword ptr [{dst} + 16], {x1}\n",
+            "movups xmmword ptr [{dst} + 32], {x2}\n",
+            "movups xmmword ptr [{dst} + 48], {x3}\n",
+            "add {src}, 64\n",
+            "add {dst}, 64\n",
+            "sub {len}, 64\n",
+            "cmp {len}, 64\n",
+            "jae 30b\n",
+            "31:\n",
             "cmp {len}, 16\n",
             "jb 4f\n",
             "3:\n",
@@ -633,7 +651,7 @@ pub(crate) unsafe fn ring_push_many<F: Field, T, const FROM_END: bool>(
             "mov qword ptr [{count}], {c}",
         ], [
             count = in(reg) count, args = in(reg) args, src = inout(reg) src => _, c = out(reg) _,
-            len = out(reg) _, dst = out(reg) _, t = out(reg) _, x = out(xmm_reg) _,
+            len = out(reg) _, dst = out(reg) _, t = out(reg) _, x = out(xmm_reg) _, x1 = out(xmm_reg) _, x2 = out(xmm_reg) _, x3 = out(xmm_reg) _,
             size = const core::mem::size_of::<T>(), fe = const FROM_END as usize,
             cmpfail = label { return Outcome::CompareFailed },
         ]);
@@ -672,7 +690,7 @@ pub(crate) unsafe fn ring_pop_many<F: Field, T>(
             "mov qword ptr [{count}], {c}",
         ], [
             count = in(reg) count, args = in(reg) args, dst = inout(reg) dst => _, c = out(reg) _,
-            len = out(reg) _, src = out(reg) _, t = out(reg) _, x = out(xmm_reg) _,
+            len = out(reg) _, src = out(reg) _, t = out(reg) _, x = out(xmm_reg) _, x1 = out(xmm_reg) _, x2 = out(xmm_reg) _, x3 = out(xmm_reg) _,
             size = const core::mem::size_of::<T>(),
             cmpfail = label { return Outcome::CompareFailed },
         ]);
@@ -1080,7 +1098,7 @@ pub(crate) unsafe fn cbne_memcpy_store<F: Field>(
         ], [
             v = in(reg) v, expect = in(reg) expect, new = in(reg) new,
             dst = inout(reg) dst => _, src = inout(reg) src => _, len = inout(reg) len => _,
-            t = out(reg) _, x = out(xmm_reg) _, cmpfail = label { return Outcome::CompareFailed },
+            t = out(reg) _, x = out(xmm_reg) _, x1 = out(xmm_reg) _, x2 = out(xmm_reg) _, x3 = out(xmm_reg) _, cmpfail = label { return Outcome::CompareFailed },
         ]);
     }
     Outcome::Committed
