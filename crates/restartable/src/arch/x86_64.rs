@@ -706,6 +706,41 @@ pub(crate) unsafe fn ring_pop_many<F: Field, T>(
 // slot's address gives its chunk. The slots above `top` up to the end of `high` are free. Every
 // section below reads what it needs inside the section and commits one word.
 
+/// The first free slot of a `Stack`'s column into `{t}` (scratch `{o}`): the slot above `top`
+/// in its chunk, else the first slot of the chunk above (`{cmpfail}` if `top`'s chunk is
+/// `high`), else (empty) `first`'s first slot (`{cmpfail}` if there is no chunk). Ends at label
+/// 24 (a push loop jumps back there); uses labels 22 and 23.
+macro_rules! stack_free_slot {
+    () => {
+        concat!(
+            "mov {t}, qword ptr [{col}]\n",
+            "test {t}, {t}\n",
+            "jz 22f\n",
+            "mov {o}, {t}\n",
+            "and {o}, {mask}\n",
+            "cmp {o}, {last}\n",
+            "je 23f\n",
+            "add {t}, {stride}\n",
+            "jmp 24f\n",
+            "22:\n",
+            "cmp qword ptr [{col} + 8], 0\n",
+            "je {cmpfail}\n",
+            exit_point!("cmpfail"),
+            "\n",
+            "mov {t}, qword ptr [{col} + 16]\n",
+            "add {t}, {hdr}\n",
+            "jmp 24f\n",
+            "23:\n",
+            "sub {t}, {o}\n",
+            "cmp {t}, qword ptr [{col} + 8]\n",
+            "je {cmpfail}\n",
+            "mov {t}, qword ptr [{t} + 8]\n",
+            "add {t}, {hdr}\n",
+            "24:",
+        )
+    };
+}
+
 /// Stack push: `t = top`; the next slot is `t + STRIDE` inside `t`'s chunk, else the first slot
 /// of the chunk above (`CompareFailed` if `t`'s chunk is `high`), else (empty) `first`'s first
 /// slot (`CompareFailed` if there is no chunk); `*slot = *src; top = slot`.
@@ -714,29 +749,7 @@ pub(crate) unsafe fn stack_push<F: Field, T>(at: At, col: *mut usize, src: *cons
     // SAFETY: the contract above, and the column's chunks are readable.
     unsafe {
         section!(F::FIELD, at, [
-            "mov {t}, qword ptr [{col}]",
-            "test {t}, {t}",
-            "jz 22f",
-            "mov {o}, {t}",
-            "and {o}, {mask}",
-            "cmp {o}, {last}",
-            "je 23f",
-            "add {t}, {stride}",
-            "jmp 24f",
-            "22:",
-            "cmp qword ptr [{col} + 8], 0",
-            "je {cmpfail}",
-            exit_point!("cmpfail"),
-            "mov {t}, qword ptr [{col} + 16]",
-            "add {t}, {hdr}",
-            "jmp 24f",
-            "23:",
-            "sub {t}, {o}",
-            "cmp {t}, qword ptr [{col} + 8]",
-            "je {cmpfail}",
-            "mov {t}, qword ptr [{t} + 8]",
-            "add {t}, {hdr}",
-            "24:",
+            stack_free_slot!(),
             copy_item!("{src}", "{t}", "o", "o"),
             point!(4),
             point!(5),
@@ -897,29 +910,7 @@ pub(crate) unsafe fn stack_push_many<F: Field, T>(
     unsafe {
         section!(F::FIELD, at, [
             "mov {k}, qword ptr [{args}]",
-            "mov {t}, qword ptr [{col}]",
-            "test {t}, {t}",
-            "jz 22f",
-            "mov {o}, {t}",
-            "and {o}, {mask}",
-            "cmp {o}, {last}",
-            "je 23f",
-            "add {t}, {stride}",
-            "jmp 24f",
-            "22:",
-            "cmp qword ptr [{col} + 8], 0",
-            "je {cmpfail}",
-            exit_point!("cmpfail"),
-            "mov {t}, qword ptr [{col} + 16]",
-            "add {t}, {hdr}",
-            "jmp 24f",
-            "23:",
-            "sub {t}, {o}",
-            "cmp {t}, qword ptr [{col} + 8]",
-            "je {cmpfail}",
-            "mov {t}, qword ptr [{t} + 8]",
-            "add {t}, {hdr}",
-            "24:",
+            stack_free_slot!(),
             copy_item!("{s}", "{t}", "o", "o"),
             "add {s}, {size}",
             "sub {k}, 1",
