@@ -73,7 +73,9 @@
 //! - **Nesting.** A call made while the thread holds a guard (a [`Stop`](crate::guard::Stop) of
 //!   its own, or a signal handler that interrupted a slow path) never waits for one: the cache
 //!   answers "unreachable" and the depot or the inner allocator serves it. A call nested inside
-//!   this allocator's depot lock on the same thread uses the inner allocator. The allocator is
+//!   this allocator's depot lock on the same thread uses the inner allocator, and so does one
+//!   nested inside a batch refill from the inner allocator (an inner allocator that calls back
+//!   into this one would otherwise start a refill of its own, and so on without end). The allocator is
 //!   still only as async-signal-safe as its inner allocator (glibc's `malloc` is not).
 //! - **Threads.** Nothing is per thread: a thread that exits leaves its freed blocks in the
 //!   caches of the CPUs it ran on, where the next thread on that CPU uses them.
@@ -1116,7 +1118,8 @@ pub struct Stats {
     /// Small blocks given back to the inner allocator.
     pub to_inner: u64,
     /// Small requests (allocations and frees) served by the inner allocator directly, because no
-    /// cache was in reach: during the caches' first making, or nested inside the depot's lock.
+    /// cache was in reach: during the caches' first making, nested inside the depot's lock, or
+    /// made by an inner allocator that calls back into this one while it fills a batch.
     pub direct: u64,
 }
 
