@@ -158,7 +158,7 @@ mod tests {
     /// use, then run `info` and `info --json` as the binary does.
     #[test]
     fn child_info_with_foreign_registration() {
-        if !testkit::is_child() || cfg!(feature = "count-allocations") {
+        if !testkit::is_child() || cfg!(any(feature = "count-allocations", feature = "percpu-alloc")) {
             return;
         }
         let area: &'static mut restartable::abi::Rseq = Box::leak(Box::new(restartable::abi::Rseq {
@@ -176,10 +176,10 @@ mod tests {
     /// off, so only the foreign one): `info` says so, in text and in JSON.
     #[test]
     fn info_says_another_registration_exists() {
-        // With `count-allocations` the global allocator is built on the library, so its first
+        // With `count-allocations` or `percpu-alloc` the global allocator is built on the library, so its first
         // use (and our own registration) comes with the process's first allocation, before any
         // test could register a foreign area: the scenario cannot be built in such a binary.
-        if testkit::is_child() || cfg!(feature = "count-allocations") {
+        if testkit::is_child() || cfg!(any(feature = "count-allocations", feature = "percpu-alloc")) {
             return;
         }
         let out = testkit::run_self_as_child(

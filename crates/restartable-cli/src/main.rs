@@ -22,9 +22,20 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-#[cfg(feature = "count-allocations")]
+#[cfg(all(feature = "count-allocations", not(feature = "percpu-alloc")))]
 #[global_allocator]
 static GLOBAL: alloc_check::Counting = alloc_check::Counting;
+
+#[cfg(all(feature = "percpu-alloc", not(feature = "count-allocations")))]
+#[global_allocator]
+static GLOBAL: restartable::alloc::PerCpuAlloc = restartable::alloc::PerCpuAlloc::new(std::alloc::System);
+
+// Both: the per-CPU caches in front of the counting allocator, which then checks that the caches
+// never call their inner allocator while holding a guard.
+#[cfg(all(feature = "percpu-alloc", feature = "count-allocations"))]
+#[global_allocator]
+static GLOBAL: restartable::alloc::PerCpuAlloc<alloc_check::Counting> =
+    restartable::alloc::PerCpuAlloc::new(alloc_check::Counting);
 
 /// What a subcommand returns: the exit code to end with, or an error to report (exit 1).
 pub type CmdResult = Result<ExitCode, Box<dyn std::error::Error>>;

@@ -24,7 +24,7 @@ const IMPLS: [&str; 9] = [
 
 /// The keys `bench --collections` must report (issue 15), and the extra ones (the shared
 /// mutexes, the reference rows), in table order.
-const COLLECTIONS: [&str; 15] = [
+const COLLECTIONS: [&str; 18] = [
     "stack",
     "segqueue",
     "mutex-vec",
@@ -32,6 +32,9 @@ const COLLECTIONS: [&str; 15] = [
     "arrayqueue",
     "memcpy-buffer",
     "arrayqueue-copy",
+    "stack-batch16",
+    "buffer-batch16",
+    "memcpy-buffer-batch16",
     "spinlock",
     "parking-lot-mutex",
     "std-mutex",

@@ -144,9 +144,12 @@ fn force_degraded_reruns_in_degraded_mode() {
         // Degraded: no critical section commits, so none aborts. A counter's add and an rwlock's
         // reader count update are one atomic instruction on the current CPU's slot (no guard, no
         // lock: not a slow path); every other operation goes through the guard (an empty pop may
-        // answer without it).
+        // answer without it). (With `percpu-alloc` the binary's global allocator takes slow paths
+        // of its own, which the process-wide count includes.)
         if t["test"] == "counter" || t["test"] == "rwlock" {
-            assert_eq!(t["slow_path_uses"], 0, "degraded counter adds and rwlock reads take no guard: {t}");
+            if !cfg!(feature = "percpu-alloc") {
+                assert_eq!(t["slow_path_uses"], 0, "degraded counter adds and rwlock reads take no guard: {t}");
+            }
         } else {
             assert!(t["slow_path_uses"].as_u64() >= Some(1000), "{t}");
         }
@@ -440,7 +443,7 @@ fn the_matrix_names_the_failing_configuration() {
 //     9:  sub reg64, 1     ; REX.W(+B) 83 /5 ib  -> 48|49 83 e8..ef 01
 //         jnc 9b           ; 73 fa (a short jump 6 bytes back, onto the sub)
 //
-// This pattern is exact (the normal memcpy loop steps by 8 with `sub 8; cmp; jae` and then by 1
+// This pattern is exact (the normal copy loops step by 64, 16 or 8 with `sub; cmp; jae` and then by 1
 // with `dec; jmp`, nothing else jumps backwards onto a `sub 1`), and independent of register
 // allocation and op layout. Whether the library
 // was built with `inject` is read from the binary too (its `inject::LOOPS` symbol; the CLI's
@@ -455,13 +458,14 @@ fn the_matrix_names_the_failing_configuration() {
 // (An earlier version also required every inject section to be longer than every normal one.
 // Since the memcpy section copies eight bytes at a time, normal sections are 14 to 85 bytes and
 // inject ones 59 to 127 here (rustc 1.95), so lengths no longer tell the builds apart; the loop
-// count, which is exact, does.)
+// count, which is exact, does. The batch sections' copy loops (16 bytes per `movups`) step back
+// with `sub 16` / `sub 64`, never `sub 1`, so the pattern stays exact.)
 // ---------------------------------------------------------------------------------------------
 
-/// The longest a normal section may be: here the longest are the batch ops of the rings and the
-/// chunked stack (`*_many`: up to 139 bytes with rustc 1.95, with their copy loops; the single
-/// `stack_push` is 103), then the memcpy op (85).
-const NORMAL_MAX: u64 = 160;
+/// The longest a normal section may be: here the longest are the batch sections (a ring's
+/// many-item push or pop, the stack's chunk walks), 269 bytes with the copy loops (64, then 16
+/// bytes at a time, then an 8/4/2/1-byte tail) since the batch operations; 85 before them.
+const NORMAL_MAX: u64 = 320;
 
 struct Section {
     start: u64,

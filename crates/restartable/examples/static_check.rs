@@ -11,10 +11,19 @@
 //! fast mode (unless `RESTARTABLE_FORCE_DEGRADED=1` asked for degraded mode), or if a thread's
 //! rseq area is not owned as `--expect-registration glibc|own` says, or (with `--expect-static`)
 //! if a shared C library is mapped into the process.
+//!
+//! Built with `--features global-percpu-alloc`, its global allocator is the library's
+//! `PerCpuAlloc` (from the process's first allocation, before `main`), the workers also allocate
+//! and free blocks of every size class with a byte pattern each, and it checks the patterns and
+//! that the per-CPU caches served allocations.
 
 use std::process::ExitCode;
 
 use restartable::{Buffer, Counter, Registration, Stack};
+
+#[cfg(feature = "global-percpu-alloc")]
+#[global_allocator]
+static GLOBAL: restartable::alloc::PerCpuAlloc = restartable::alloc::PerCpuAlloc::new(std::alloc::System);
 
 const THREADS: usize = 4;
 const OPS: usize = 50_000;
@@ -28,6 +37,8 @@ struct Work {
     rejected: Vec<usize>,
     /// Who owns this thread's rseq area.
     registration: Option<Registration>,
+    /// Heap blocks whose byte pattern was wrong when freed.
+    clobbered: usize,
 }
 
 const STACK: u8 = 0;
@@ -35,12 +46,23 @@ const BUFFER: u8 = 1;
 
 fn worker(t: usize, counter: &Counter, stack: &Stack<usize>, buffer: &Buffer<usize>) -> Work {
     let mut w = Work { registration: Some(restartable::registration()), ..Work::default() };
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
     for i in 0..OPS {
         let id = t * OPS + i;
         counter.add((id % 7 + 1) as u64);
         stack.push(id);
         if let Err(back) = buffer.push(Box::new(id)) {
             w.rejected.push(*back);
+        }
+        // Heap blocks of every size class (1 ..= 1100 bytes), each with its own byte, freed
+        // a few hundred allocations later (by this thread).
+        let size = 1 + (id * 131) % 1100;
+        blocks.push(vec![id as u8; size]);
+        if blocks.len() > 300 {
+            let b = blocks.swap_remove((id * 7) % blocks.len());
+            if !b.iter().all(|&x| x == b[0]) {
+                w.clobbered += 1;
+            }
         }
         // Pop about every other item, so the lists grow and shrink while the others push.
         if i % 2 == 1 {
@@ -127,6 +149,20 @@ fn main() -> ExitCode {
         }
     }
     println!("counter {sum} (expected {expected})");
+
+    let clobbered: usize = works.iter().map(|w| w.clobbered).sum();
+    if clobbered != 0 {
+        failures.push(format!("{clobbered} heap blocks lost their contents"));
+    }
+    #[cfg(feature = "global-percpu-alloc")]
+    {
+        let s = GLOBAL.stats();
+        println!("PerCpuAlloc: {} hits, {} misses, {} bytes cached", s.hits(), s.misses(), s.cached_bytes());
+        let forced = std::env::var(restartable::FORCE_DEGRADED_ENV).is_ok_and(|v| v == "1");
+        if s.hits() == 0 && !forced {
+            failures.push("PerCpuAlloc: no allocation was served by a per-CPU cache".to_string());
+        }
+    }
 
     let status = restartable::status();
     println!("{status}");

@@ -300,6 +300,18 @@ fn token() -> u32 {
     t
 }
 
+/// The calling thread's owner token ([`token`]), for other locks of the library that name
+/// their owner the way guard words do (the allocator's depot).
+pub(crate) fn owner_token() -> u32 {
+    token()
+}
+
+/// Whether a lock word holding an owner token (with or without the waiters bit) was taken in an
+/// older fork generation ([`stale`]).
+pub(crate) fn stale_owner(word: u32) -> bool {
+    stale(word)
+}
+
 /// Whether a set word was taken in an older fork generation: its owner does not exist here.
 fn stale(word: u32) -> bool {
     let owner = word & !WAITERS;

@@ -33,6 +33,9 @@
 //! - [`retry`]: the driver that runs an op's fast path and falls back to its slow path, for
 //!   raw ops and for every collection.
 //!
+//! On top of the collections, [`alloc::PerCpuAlloc`] puts per-CPU caches of small blocks in
+//! front of any global allocator (tcmalloc's design, on rseq and the guard).
+//!
 //! # Kinds of binaries
 //!
 //! Dynamic and static executables and `cdylib`s all run fast paths. glibc's rseq area is found
@@ -54,6 +57,7 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod alloc;
 mod arch;
 pub mod collections;
 mod cpu;
@@ -68,6 +72,11 @@ pub mod retry;
 mod status;
 pub mod sys;
 mod thread;
+
+// With `--features global-percpu-alloc` the unit tests' global allocator is `PerCpuAlloc`.
+#[cfg(all(test, feature = "global-percpu-alloc"))]
+#[global_allocator]
+static GLOBAL_PERCPU_ALLOC: alloc::PerCpuAlloc = alloc::PerCpuAlloc::new(std::alloc::System);
 
 pub use collections::{
     Buffer, Counter, MemcpyBuffer, RwLock, RwLockReadGuard, RwLockWriteGuard, SpinLock, SpinLockGuard, Stack,

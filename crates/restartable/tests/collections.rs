@@ -12,6 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use restartable::ops::{Cpu, Index, MmCid};
 use restartable::{Buffer, Counter, MemcpyBuffer, SpinLock, Stack};
 
+// With `--features global-percpu-alloc` this test binary's global allocator is the library's
+// own `PerCpuAlloc` (CI runs the whole suite that way).
+#[cfg(feature = "global-percpu-alloc")]
+#[global_allocator]
+static GLOBAL_PERCPU_ALLOC: restartable::alloc::PerCpuAlloc = restartable::alloc::PerCpuAlloc::new(std::alloc::System);
+
 fn threads() -> usize {
     6 * std::thread::available_parallelism().map_or(2, |n| n.get())
 }

@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 
 use restartable::ops::{self, Cpu, Index, MmCid, Outcome};
 
+// With `--features global-percpu-alloc` this test binary's global allocator is the library's
+// own `PerCpuAlloc` (CI runs the whole suite that way).
+#[cfg(feature = "global-percpu-alloc")]
+#[global_allocator]
+static GLOBAL_PERCPU_ALLOC: restartable::alloc::PerCpuAlloc = restartable::alloc::PerCpuAlloc::new(std::alloc::System);
+
 extern "C" fn on_signal(_: libc::c_int) {}
 
 fn install_handler() {

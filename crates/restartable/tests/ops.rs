@@ -9,6 +9,12 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 use restartable::guard;
 use restartable::ops::{self, Cpu, Index, MmCid, Order, Outcome, Relaxed as R, Release};
 
+// With `--features global-percpu-alloc` this test binary's global allocator is the library's
+// own `PerCpuAlloc` (CI runs the whole suite that way).
+#[cfg(feature = "global-percpu-alloc")]
+#[global_allocator]
+static GLOBAL_PERCPU_ALLOC: restartable::alloc::PerCpuAlloc = restartable::alloc::PerCpuAlloc::new(std::alloc::System);
+
 /// Run `op(index)` until it ends Committed or CompareFailed (bounded: never hangs).
 fn drive<I: Index>(mut op: impl FnMut(usize) -> Outcome) -> Option<Outcome> {
     if !restartable::mode().is_fast() {

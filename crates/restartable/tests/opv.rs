@@ -16,6 +16,12 @@ use restartable::guard::{self, GuardError};
 use restartable::ops::{self, Cpu, MmCid, Outcome};
 use restartable::opv::{self, MAX_LEN, MAX_OPS, MAX_TOTAL_LEN, OpVec, Operand, OpvError};
 
+// With `--features global-percpu-alloc` this test binary's global allocator is the library's
+// own `PerCpuAlloc` (CI runs the whole suite that way).
+#[cfg(feature = "global-percpu-alloc")]
+#[global_allocator]
+static GLOBAL_PERCPU_ALLOC: restartable::alloc::PerCpuAlloc = restartable::alloc::PerCpuAlloc::new(std::alloc::System);
+
 /// Set (with `RESTARTABLE_FORCE_DEGRADED=1`) in the child that runs the checks degraded.
 const DEGRADED_CHILD: &str = "OPV_TEST_DEGRADED_CHILD";
 /// Set in the child that denies membarrier after the mode is decided.

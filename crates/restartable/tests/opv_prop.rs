@@ -22,6 +22,12 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use restartable::guard;
 use restartable::opv::{MAX_LEN, MAX_OPS, MAX_TOTAL_LEN, OpVec, Operand, OpvError};
 
+// With `--features global-percpu-alloc` this test binary's global allocator is the library's
+// own `PerCpuAlloc` (CI runs the whole suite that way).
+#[cfg(feature = "global-percpu-alloc")]
+#[global_allocator]
+static GLOBAL_PERCPU_ALLOC: restartable::alloc::PerCpuAlloc = restartable::alloc::PerCpuAlloc::new(std::alloc::System);
+
 /// Bytes of canary on each side of an arena.
 const CANARY: usize = 64;
 const SMALL: usize = 256;

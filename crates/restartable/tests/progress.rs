@@ -7,6 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use restartable::ops::{self, Cpu, Outcome};
 use restartable::retry;
 
+// With `--features global-percpu-alloc` this test binary's global allocator is the library's
+// own `PerCpuAlloc` (CI runs the whole suite that way).
+#[cfg(feature = "global-percpu-alloc")]
+#[global_allocator]
+static GLOBAL_PERCPU_ALLOC: restartable::alloc::PerCpuAlloc = restartable::alloc::PerCpuAlloc::new(std::alloc::System);
+
 #[repr(align(128))]
 pub struct Slot(AtomicUsize);
 
@@ -161,7 +167,12 @@ fn valgrind_child() {
         }
     });
     assert_eq!(total(&slots), threads * reps);
-    assert_eq!(retry::slow_path_uses(), (threads * reps) as u64);
+    if cfg!(feature = "global-percpu-alloc") {
+        // The global allocator takes slow paths of its own (degraded mode) in the same count.
+        assert!(retry::slow_path_uses() >= (threads * reps) as u64);
+    } else {
+        assert_eq!(retry::slow_path_uses(), (threads * reps) as u64);
+    }
     println!("VALGRIND-OK total={}", total(&slots));
 }
 

@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 use restartable::ops::Cpu;
 use restartable::{Buffer, Counter, MemcpyBuffer, SpinLock, Stack};
 
+// With `--features global-percpu-alloc` this test binary's global allocator is the library's
+// own `PerCpuAlloc` (CI runs the whole suite that way).
+#[cfg(feature = "global-percpu-alloc")]
+#[global_allocator]
+static GLOBAL_PERCPU_ALLOC: restartable::alloc::PerCpuAlloc = restartable::alloc::PerCpuAlloc::new(std::alloc::System);
+
 const DEADLINE: Duration = Duration::from_secs(90);
 const MODES: [&[(&str, &str)]; 3] =
     [&[], &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")], &[("RESTARTABLE_FORCE_DEGRADED", "1")]];

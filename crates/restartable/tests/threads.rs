@@ -8,6 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use restartable::Registration;
 use restartable::ops::{self, Cpu, Outcome};
 
+// With `--features global-percpu-alloc` this test binary's global allocator is the library's
+// own `PerCpuAlloc` (CI runs the whole suite that way).
+#[cfg(feature = "global-percpu-alloc")]
+#[global_allocator]
+static GLOBAL_PERCPU_ALLOC: restartable::alloc::PerCpuAlloc = restartable::alloc::PerCpuAlloc::new(std::alloc::System);
+
 fn rss_kib() -> usize {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap();
     let pages: usize = s.split_whitespace().nth(1).unwrap().parse().unwrap();

@@ -13,6 +13,15 @@
 //! - `memcpy-buffer` `MemcpyBuffer<[u64; 8]>` / `arrayqueue-copy` `ArrayQueue<[u64; 8]>`: the
 //!   64-byte item is copied in and out; capacities as above.
 //!
+//! Batch rows (`*-batch16`): one operation is **one item pushed and popped**, moved
+//! [`BATCH_ITEMS`] at a time: a thread pushes a batch of 16 in one call (one critical section)
+//! and pops up to 16 in one more, so their ns/op compare directly with the single rows above
+//! (issue target: at least 3x fewer ns per item).
+//! - `stack-batch16`: `Stack::append` + `Stack::pop_batch_into` (the thread's vectors reused).
+//! - `buffer-batch16`: `Buffer::push_batch` + `Buffer::pop_batch` of boxes (the boxes circulate
+//!   as in `buffer`).
+//! - `memcpy-buffer-batch16`: `MemcpyBuffer::push_batch` + `MemcpyBuffer::pop_batch`.
+//!
 //! Lock rows: one operation is **lock, add 1 to one `u64` field and 2 to a second, unlock**.
 //! - `spinlock`: `SpinLock<T>`, one lock per CPU, chosen by the CPU the thread runs on (rseq).
 //! - `parking-lot-mutex` / `std-mutex`: the same shape built from the usual parts: one
@@ -22,8 +31,8 @@
 //!   most programs do).
 //!
 //! Reference rows (`ref-*`), measured the same way, show what the rows above are made of:
-//! `ref-box-alloc` a `Box<u64>` allocated and freed (what `Stack` pays per push, and the
-//! others do not), `ref-rseq-pair` two raw rseq sections on the current CPU's slot (the floor
+//! `ref-box-alloc` a `Box<u64>` allocated and freed (what a structure with a node per item
+//! pays per push, and no row here does: `Stack` keeps items in recycled chunks), `ref-rseq-pair` two raw rseq sections on the current CPU's slot (the floor
 //! of a per-CPU push + pop), `ref-cas-pair` two compare-and-swap increments of one shared word
 //! (the floor of a shared queue's push + pop). Where a row is behind its target, these say why.
 //!
@@ -68,6 +77,12 @@ pub enum Impl {
     MemcpyBuffer,
     /// `crossbeam_queue::ArrayQueue<[u64; 8]>`: push + pop.
     ArrayQueueCopy,
+    /// `restartable::Stack<u64>`: 16 items pushed in one section, up to 16 popped in one.
+    StackBatch,
+    /// `restartable::Buffer<u64>`: 16 boxes pushed in one section, up to 16 popped in one.
+    BufferBatch,
+    /// `restartable::MemcpyBuffer<[u64; 8]>`: 16 items copied in, up to 16 copied out.
+    MemcpyBufferBatch,
     /// `restartable::SpinLock<T>`: lock the current CPU's `T`, update it, unlock.
     SpinLock,
     /// One cache-padded `parking_lot::Mutex<T>` per CPU, indexed by `sched_getcpu`.
@@ -90,7 +105,7 @@ pub enum Impl {
 
 impl Impl {
     /// Every implementation, in table order.
-    pub const ALL: [Impl; 15] = [
+    pub const ALL: [Impl; 18] = [
         Impl::Stack,
         Impl::SegQueue,
         Impl::MutexVec,
@@ -98,6 +113,9 @@ impl Impl {
         Impl::ArrayQueue,
         Impl::MemcpyBuffer,
         Impl::ArrayQueueCopy,
+        Impl::StackBatch,
+        Impl::BufferBatch,
+        Impl::MemcpyBufferBatch,
         Impl::SpinLock,
         Impl::ParkingLotMutex,
         Impl::StdMutex,
@@ -111,7 +129,7 @@ impl Impl {
 
 impl Implementation for Impl {
     const SUITE: &'static str = "collections";
-    const OP: &'static str = "queues and buffers: one push + one pop; locks: lock, add to two fields, unlock";
+    const OP: &'static str = "queues and buffers: one push + one pop (batch rows: per item, 16 per section); locks: lock, add to two fields, unlock";
 
     fn all() -> &'static [Impl] {
         &Impl::ALL
@@ -126,6 +144,9 @@ impl Implementation for Impl {
             Impl::ArrayQueue => "arrayqueue",
             Impl::MemcpyBuffer => "memcpy-buffer",
             Impl::ArrayQueueCopy => "arrayqueue-copy",
+            Impl::StackBatch => "stack-batch16",
+            Impl::BufferBatch => "buffer-batch16",
+            Impl::MemcpyBufferBatch => "memcpy-buffer-batch16",
             Impl::SpinLock => "spinlock",
             Impl::ParkingLotMutex => "parking-lot-mutex",
             Impl::StdMutex => "std-mutex",
@@ -146,6 +167,9 @@ impl Implementation for Impl {
             Impl::ArrayQueue => "ArrayQueue<Box<u64>>",
             Impl::MemcpyBuffer => "MemcpyBuffer<[u64; 8]>",
             Impl::ArrayQueueCopy => "ArrayQueue<[u64; 8]>",
+            Impl::StackBatch => "Stack<u64>, batches of 16",
+            Impl::BufferBatch => "Buffer<u64>, batches of 16",
+            Impl::MemcpyBufferBatch => "MemcpyBuffer<[u64; 8]>, batches",
             Impl::SpinLock => "SpinLock<T> (per CPU)",
             Impl::ParkingLotMutex => "parking_lot::Mutex per CPU",
             Impl::StdMutex => "std Mutex per CPU",
@@ -168,6 +192,9 @@ impl Implementation for Impl {
             Impl::ArrayQueue => push_pop(&ArrayQueue::<Box<u64>>::new(total), threads, duration),
             Impl::MemcpyBuffer => push_pop(&MemcpyBuffer::<Item>::with_capacity(per_cpu), threads, duration),
             Impl::ArrayQueueCopy => push_pop(&ArrayQueue::<Item>::new(total), threads, duration),
+            Impl::StackBatch => batches(&Stack::<u64>::new(), threads, duration),
+            Impl::BufferBatch => batches(&Buffer::<u64>::with_capacity(per_cpu), threads, duration),
+            Impl::MemcpyBufferBatch => batches(&MemcpyBuffer::<Item>::with_capacity(per_cpu), threads, duration),
             Impl::SpinLock => locked(SpinLock::<Pair>::default(), threads, duration),
             Impl::ParkingLotMutex => locked(PerCpuLocks::<parking_lot::Mutex<Pair>>::new(), threads, duration),
             Impl::StdMutex => locked(PerCpuLocks::<Mutex<Pair>>::new(), threads, duration),
@@ -421,6 +448,122 @@ fn push_pop<Q: PushPop>(q: &Q, threads: usize, duration: Duration) -> Result<Sam
         });
         totals.lock().unwrap_or_else(PoisonError::into_inner).add(&t);
         n
+    });
+    let t = *totals.lock().unwrap_or_else(PoisonError::into_inner);
+    check_items(t, &q.drain(), Q::BOUNDED, s)
+}
+
+/// Items per batch in the `*-batch16` rows.
+pub const BATCH_ITEMS: usize = 16;
+
+/// A structure measured by [`batches`]: it moves [`BATCH_ITEMS`] items per call.
+trait Batched: PushPop {
+    /// Per-thread vectors and spare items, reused from batch to batch.
+    type Batch: Default;
+    /// Push [`BATCH_ITEMS`] items carrying `first, first + 1, ...`; returns how many were
+    /// accepted and the wrapping sum of their values.
+    fn push_batch(&self, b: &mut Self::Batch, first: u64) -> (u64, u64);
+    /// Pop up to [`BATCH_ITEMS`] items, each shown to `found`.
+    fn pop_batch(&self, b: &mut Self::Batch, found: impl FnMut(Popped));
+}
+
+/// The wrapping sum of `first + i` for `i` in `from..to`.
+fn sum_of(first: u64, from: usize, to: usize) -> u64 {
+    (from..to).fold(0u64, |a, i| a.wrapping_add(first.wrapping_add(i as u64)))
+}
+
+impl Batched for Stack<u64> {
+    type Batch = (Vec<u64>, Vec<u64>);
+    #[inline(always)]
+    fn push_batch(&self, (items, _): &mut Self::Batch, first: u64) -> (u64, u64) {
+        items.clear();
+        items.extend((0..BATCH_ITEMS as u64).map(|i| first + i));
+        self.append(items);
+        (BATCH_ITEMS as u64, sum_of(first, 0, BATCH_ITEMS))
+    }
+    #[inline(always)]
+    fn pop_batch(&self, (_, out): &mut Self::Batch, mut found: impl FnMut(Popped)) {
+        out.clear();
+        self.pop_batch_into(BATCH_ITEMS, out);
+        out.iter().for_each(|&v| found(Popped::Item(v)));
+    }
+}
+
+impl Batched for Buffer<u64> {
+    type Batch = (Vec<Box<u64>>, Vec<Box<u64>>);
+    #[inline(always)]
+    fn push_batch(&self, (spare, _): &mut Self::Batch, first: u64) -> (u64, u64) {
+        while spare.len() < BATCH_ITEMS {
+            spare.push(Box::new(0));
+        }
+        for (i, b) in spare.iter_mut().enumerate() {
+            **b = first + i as u64;
+        }
+        // The batch moves from the end of `spare`.
+        let moved = Buffer::push_batch(self, spare);
+        (moved as u64, sum_of(first, BATCH_ITEMS - moved, BATCH_ITEMS))
+    }
+    #[inline(always)]
+    fn pop_batch(&self, (spare, out): &mut Self::Batch, mut found: impl FnMut(Popped)) {
+        Buffer::pop_batch(self, BATCH_ITEMS, out);
+        for b in out.drain(..) {
+            found(Popped::Item(*b));
+            if spare.len() < BATCH_ITEMS {
+                spare.push(b);
+            }
+        }
+    }
+}
+
+impl Batched for MemcpyBuffer<Item> {
+    type Batch = (Vec<Item>, Vec<Item>);
+    #[inline(always)]
+    fn push_batch(&self, (items, _): &mut Self::Batch, first: u64) -> (u64, u64) {
+        items.clear();
+        items.extend((0..BATCH_ITEMS as u64).map(|i| [first + i; 8]));
+        // The batch copies from the start of `items`.
+        let moved = MemcpyBuffer::push_batch(self, items);
+        (moved as u64, sum_of(first, 0, moved))
+    }
+    #[inline(always)]
+    fn pop_batch(&self, (_, out): &mut Self::Batch, mut found: impl FnMut(Popped)) {
+        out.clear();
+        MemcpyBuffer::pop_batch(self, BATCH_ITEMS, out);
+        out.iter().for_each(|item| found(item_value(item)));
+    }
+}
+
+/// As [`push_pop`], an item at a time counted as one operation, but moved [`BATCH_ITEMS`] per
+/// call: items not accepted count as "full", items a pop did not find as "empty".
+fn batches<Q: Batched>(q: &Q, threads: usize, duration: Duration) -> Result<Sample, String> {
+    let next_thread = AtomicU64::new(0);
+    let totals = Mutex::new(Tally::default());
+    let s = run_threads(threads, duration, |stop| {
+        let mut value = next_thread.fetch_add(1, Relaxed) << 40;
+        let mut b = Q::Batch::default();
+        let mut t = Tally::default();
+        let calls = spin(stop, || {
+            let (accepted, sum) = q.push_batch(&mut b, black_box(value + 1));
+            value += BATCH_ITEMS as u64;
+            t.pushed += accepted;
+            t.full += BATCH_ITEMS as u64 - accepted;
+            t.pushed_sum = t.pushed_sum.wrapping_add(sum);
+            let mut seen = 0;
+            q.pop_batch(&mut b, |p| {
+                seen += 1;
+                match p {
+                    Popped::Item(v) => {
+                        t.popped += 1;
+                        t.popped_sum = t.popped_sum.wrapping_add(v);
+                    }
+                    Popped::Torn => t.torn += 1,
+                    Popped::Empty => seen -= 1,
+                }
+            });
+            t.empty += BATCH_ITEMS as u64 - seen;
+        });
+        totals.lock().unwrap_or_else(PoisonError::into_inner).add(&t);
+        calls * BATCH_ITEMS as u64
     });
     let t = *totals.lock().unwrap_or_else(PoisonError::into_inner);
     check_items(t, &q.drain(), Q::BOUNDED, s)

@@ -49,11 +49,11 @@ pub enum Test {
     Counter,
     /// SpinLock: plain counters under per-CPU locks, locked remotely too.
     Spinlock,
-    /// Stack: push/pop unique items, drain remotely; every item exactly once.
+    /// Stack: push/pop unique items, single and in batches, drain remotely; every item exactly once.
     Stack,
-    /// Buffer: push/pop boxed items in small per-CPU buffers (full ones give items back).
+    /// Buffer: push/pop boxed items, single and in batches, in small per-CPU buffers (full ones give items back).
     Buffer,
-    /// MemcpyBuffer: 128-byte items with a checksum in every word (torn copies are caught).
+    /// MemcpyBuffer: 128-byte items with a checksum in every word, single and in batches (torn copies are caught).
     Memcpy,
     /// Two copies of a per-CPU array behind a pointer, swapped and drained with op vectors.
     Remote,
@@ -581,22 +581,37 @@ struct Moved {
     torn: Vec<String>,
 }
 
-/// An item worker's loop: on two operations of three push a new unique item (`push` gets its
-/// id), on the third pop (`pop` records what it got); returns what was moved.
+/// Items a batch push moves (and a batch pop asks for, plus one).
+const BATCH: usize = 4;
+
+/// An item worker's loop, six operations in turn: two single pushes of a new unique item
+/// (`push` gets its id), a single pop (`pop` records what it got), a batch push of [`BATCH`]
+/// new items (`push_many`, one critical section per batch), a batch pop of up to `BATCH + 1`
+/// (`pop_many`) and another single pop. Which variant of a batch call runs (`Vec`-taking or
+/// buffer-reusing) is the worker's choice from `k`. Returns what was moved.
 fn push_pop(
     w: usize,
     p: &mut Pacer<'_>,
     mut push: impl FnMut(&mut Moved, u64),
     mut pop: impl FnMut(&mut Moved),
+    mut push_many: impl FnMut(&mut Moved, &[u64], u64),
+    mut pop_many: impl FnMut(&mut Moved, usize, u64),
 ) -> Moved {
     let mut m = Moved::default();
     while p.next() {
-        if p.k() % 3 != 2 {
-            let id = item_id(w, m.pushed);
-            push(&mut m, id);
-            m.pushed += 1;
-        } else {
-            pop(&mut m);
+        match p.k() % 6 {
+            0 | 1 => {
+                let id = item_id(w, m.pushed);
+                push(&mut m, id);
+                m.pushed += 1;
+            }
+            3 => {
+                let ids: [u64; BATCH] = core::array::from_fn(|i| item_id(w, m.pushed + i as u64));
+                push_many(&mut m, &ids, p.k());
+                m.pushed += BATCH as u64;
+            }
+            4 => pop_many(&mut m, BATCH + 1, p.k()),
+            _ => pop(&mut m),
         }
     }
     m
@@ -689,7 +704,28 @@ fn stack<I: Index>(cfg: &Config) -> std::io::Result<Found> {
     let run = with_hooks(hooks, || {
         drive(
             cfg,
-            |w, p: &mut Pacer<'_>| push_pop(w, p, |_, id| st.push(id), |m| m.popped.extend(st.pop())),
+            |w, p: &mut Pacer<'_>| {
+                push_pop(
+                    w,
+                    p,
+                    |_, id| st.push(id),
+                    |m| m.popped.extend(st.pop()),
+                    |_, ids, k| {
+                        if k % 12 < 6 {
+                            st.push_batch(ids.to_vec());
+                        } else {
+                            st.append(&mut ids.to_vec());
+                        }
+                    },
+                    |m, max, k| {
+                        if k % 12 < 6 {
+                            m.popped.extend(st.pop_batch(max));
+                        } else {
+                            st.pop_batch_into(max, &mut m.popped);
+                        }
+                    },
+                )
+            },
             || drain_each(&mut remote, "drain_cpu", |c| st.drain_cpu(c), |id| drained.push(id)),
         )
     })?;
@@ -745,6 +781,17 @@ fn buffer<I: Index>(cfg: &Config) -> std::io::Result<Found> {
                         }
                     },
                     |m| m.popped.extend(buf.pop().map(|b| *b)),
+                    |m, ids, _| {
+                        let mut items: Vec<Box<u64>> = ids.iter().map(|&id| Box::new(id)).collect();
+                        buf.push_batch(&mut items);
+                        // What did not fit stays in `items`.
+                        m.given_back.extend(items.into_iter().map(|b| *b));
+                    },
+                    |m, max, _| {
+                        let mut out = Vec::new();
+                        buf.pop_batch(max, &mut out);
+                        m.popped.extend(out.into_iter().map(|b| *b));
+                    },
                 )
             },
             || drain_each(&mut remote, "drain_cpu", |c| buf.drain_cpu(c), |b| drained.push(*b)),
@@ -832,6 +879,22 @@ fn memcpy<I: Index>(cfg: &Config) -> std::io::Result<Found> {
                         Some(Ok(id)) => m.popped.push(id),
                         Some(Err(e)) => m.torn.push(e),
                         None => {}
+                    },
+                    |m, ids, _| {
+                        let items: Vec<Item> = ids.iter().map(|&id| Item::new(id)).collect();
+                        // The first `n` were copied in; the rest are given back.
+                        let n = buf.push_batch(&items);
+                        m.given_back.extend(&ids[n..]);
+                    },
+                    |m, max, _| {
+                        let mut out = Vec::new();
+                        buf.pop_batch(max, &mut out);
+                        for item in out {
+                            match item.id("popped in a batch") {
+                                Ok(id) => m.popped.push(id),
+                                Err(e) => m.torn.push(e),
+                            }
+                        }
                     },
                 )
             },

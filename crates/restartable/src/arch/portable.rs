@@ -130,6 +130,8 @@ no_sections! {
     cbne_store_store(v: *mut usize, expect: usize, v2: *mut usize, new2: usize, new: usize);
     cbne_memcpy_store(v: *mut usize, expect: usize, dst: *mut u8, src: *const u8, len: usize, new: usize);
     add_unguarded(v: *mut usize, count: usize);
+    cache_pop(word: *mut usize, out: *mut usize);
+    cache_push(word: *mut usize, cap: usize, value: usize);
 }
 
 macro_rules! no_item_sections {

@@ -304,11 +304,29 @@ macro_rules! copy_item {
 }
 
 /// Copy `{len}` bytes (a register, consumed, as are `{src}` and `{dst}`) with the scratch
-/// registers `x` (an `xmm`) and `t`: 16 bytes at a time (label 3), then the tail in 8-, 4-, 2-
-/// and 1-byte moves (label 4, reused). An op that uses it has no label 3 or 4 of its own.
+/// registers `x`, `x1`, `x2`, `x3` (`xmm`s) and `t`: 64 bytes at a time (label 30), then 16
+/// (labels 31, 3), then the tail in 8-, 4-, 2- and 1-byte moves (label 4, reused). An op that
+/// uses it has no label 3, 4, 30 or 31 of its own (the section uses 5 to 9).
 macro_rules! copy_bytes {
     () => {
         concat!(
+            "cmp {len}, 64\n",
+            "jb 31f\n",
+            "30:\n",
+            "movups {x}, xmmword ptr [{src}]\n",
+            "movups {x1}, xmmword ptr [{src} + 16]\n",
+            "movups {x2}, xmmword ptr [{src} + 32]\n",
+            "movups {x3}, xmmword ptr [{src} + 48]\n",
+            "movups xmmword ptr [{dst}], {x}\n",
+            "movups xmmword ptr [{dst} + 16], {x1}\n",
+            "movups xmmword ptr [{dst} + 32], {x2}\n",
+            "movups xmmword ptr [{dst} + 48], {x3}\n",
+            "add {src}, 64\n",
+            "add {dst}, 64\n",
+            "sub {len}, 64\n",
+            "cmp {len}, 64\n",
+            "jae 30b\n",
+            "31:\n",
             "cmp {len}, 16\n",
             "jb 4f\n",
             "3:\n",
@@ -665,7 +683,7 @@ pub(crate) unsafe fn ring_push_many<F: Field, T, const FROM_END: bool>(
             "mov qword ptr [{count}], {c}",
         ], [
             count = in(reg) count, args = in(reg) args, src = inout(reg) src => _, c = out(reg) _,
-            len = out(reg) _, dst = out(reg) _, t = out(reg) _, x = out(xmm_reg) _,
+            len = out(reg) _, dst = out(reg) _, t = out(reg) _, x = out(xmm_reg) _, x1 = out(xmm_reg) _, x2 = out(xmm_reg) _, x3 = out(xmm_reg) _,
             size = const core::mem::size_of::<T>(), fe = const FROM_END as usize,
             cmpfail = label { return Outcome::CompareFailed },
         ]);
@@ -704,7 +722,7 @@ pub(crate) unsafe fn ring_pop_many<F: Field, T>(
             "mov qword ptr [{count}], {c}",
         ], [
             count = in(reg) count, args = in(reg) args, dst = inout(reg) dst => _, c = out(reg) _,
-            len = out(reg) _, src = out(reg) _, t = out(reg) _, x = out(xmm_reg) _,
+            len = out(reg) _, src = out(reg) _, t = out(reg) _, x = out(xmm_reg) _, x1 = out(xmm_reg) _, x2 = out(xmm_reg) _, x3 = out(xmm_reg) _,
             size = const core::mem::size_of::<T>(),
             cmpfail = label { return Outcome::CompareFailed },
         ]);
@@ -720,6 +738,41 @@ pub(crate) unsafe fn ring_pop_many<F: Field, T>(
 // slot's address gives its chunk. The slots above `top` up to the end of `high` are free. Every
 // section below reads what it needs inside the section and commits one word.
 
+/// The first free slot of a `Stack`'s column into `{t}` (scratch `{o}`): the slot above `top`
+/// in its chunk, else the first slot of the chunk above (`{cmpfail}` if `top`'s chunk is
+/// `high`), else (empty) `first`'s first slot (`{cmpfail}` if there is no chunk). Ends at label
+/// 24 (a push loop jumps back there); uses labels 22 and 23.
+macro_rules! stack_free_slot {
+    () => {
+        concat!(
+            "mov {t}, qword ptr [{col}]\n",
+            "test {t}, {t}\n",
+            "jz 22f\n",
+            "mov {o}, {t}\n",
+            "and {o}, {mask}\n",
+            "cmp {o}, {last}\n",
+            "je 23f\n",
+            "add {t}, {stride}\n",
+            "jmp 24f\n",
+            "22:\n",
+            "cmp qword ptr [{col} + 8], 0\n",
+            "je {cmpfail}\n",
+            exit_point!("cmpfail"),
+            "\n",
+            "mov {t}, qword ptr [{col} + 16]\n",
+            "add {t}, {hdr}\n",
+            "jmp 24f\n",
+            "23:\n",
+            "sub {t}, {o}\n",
+            "cmp {t}, qword ptr [{col} + 8]\n",
+            "je {cmpfail}\n",
+            "mov {t}, qword ptr [{t} + 8]\n",
+            "add {t}, {hdr}\n",
+            "24:",
+        )
+    };
+}
+
 /// Stack push: `t = top`; the next slot is `t + STRIDE` inside `t`'s chunk, else the first slot
 /// of the chunk above (`CompareFailed` if `t`'s chunk is `high`), else (empty) `first`'s first
 /// slot (`CompareFailed` if there is no chunk); `*slot = *src; top = slot`.
@@ -728,29 +781,7 @@ pub(crate) unsafe fn stack_push<F: Field, T>(at: At, col: *mut usize, src: *cons
     // SAFETY: the contract above, and the column's chunks are readable.
     unsafe {
         section!(F::FIELD, at, [
-            "mov {t}, qword ptr [{col}]",
-            "test {t}, {t}",
-            "jz 22f",
-            "mov {o}, {t}",
-            "and {o}, {mask}",
-            "cmp {o}, {last}",
-            "je 23f",
-            "add {t}, {stride}",
-            "jmp 24f",
-            "22:",
-            "cmp qword ptr [{col} + 8], 0",
-            "je {cmpfail}",
-            exit_point!("cmpfail"),
-            "mov {t}, qword ptr [{col} + 16]",
-            "add {t}, {hdr}",
-            "jmp 24f",
-            "23:",
-            "sub {t}, {o}",
-            "cmp {t}, qword ptr [{col} + 8]",
-            "je {cmpfail}",
-            "mov {t}, qword ptr [{t} + 8]",
-            "add {t}, {hdr}",
-            "24:",
+            stack_free_slot!(),
             copy_item!("{src}", "{t}", "o", "o"),
             point!(4),
             point!(5),
@@ -911,29 +942,7 @@ pub(crate) unsafe fn stack_push_many<F: Field, T>(
     unsafe {
         section!(F::FIELD, at, [
             "mov {k}, qword ptr [{args}]",
-            "mov {t}, qword ptr [{col}]",
-            "test {t}, {t}",
-            "jz 22f",
-            "mov {o}, {t}",
-            "and {o}, {mask}",
-            "cmp {o}, {last}",
-            "je 23f",
-            "add {t}, {stride}",
-            "jmp 24f",
-            "22:",
-            "cmp qword ptr [{col} + 8], 0",
-            "je {cmpfail}",
-            exit_point!("cmpfail"),
-            "mov {t}, qword ptr [{col} + 16]",
-            "add {t}, {hdr}",
-            "jmp 24f",
-            "23:",
-            "sub {t}, {o}",
-            "cmp {t}, qword ptr [{col} + 8]",
-            "je {cmpfail}",
-            "mov {t}, qword ptr [{t} + 8]",
-            "add {t}, {hdr}",
-            "24:",
+            stack_free_slot!(),
             copy_item!("{s}", "{t}", "o", "o"),
             "add {s}, {size}",
             "sub {k}, 1",
@@ -1030,6 +1039,55 @@ pub(crate) unsafe fn stack_pop_many<F: Field, T>(
     Outcome::Committed
 }
 
+/// Allocator cache pop (`alloc::PerCpuAlloc`): `w = *word; c = w & 0xffff; if c == 0 {
+/// CompareFailed /* empty */ }; *out = items[c - 1]; *word = w - 1 + (1 << 16)`: the items are
+/// words right after `word`, whose low 16 bits count them and whose upper 48 bits count the pops
+/// (cache hits). The commit is one memory-destination add; `*out` is written before it.
+#[inline(always)]
+pub(crate) unsafe fn cache_pop<F: Field>(at: At, word: *mut usize, out: *mut usize) -> Outcome {
+    // SAFETY: the contract above.
+    unsafe {
+        section!(F::FIELD, at, [
+            "movzx {c:e}, word ptr [{word}]",
+            "test {c:e}, {c:e}",
+            "jz {cmpfail}",
+            exit_point!("cmpfail"),
+            "mov {t}, qword ptr [{word} + {c} * 8]",
+            "mov qword ptr [{out}], {t}",
+            point!(4),
+            point!(5),
+            "add qword ptr [{word}], 0xffff",
+        ], [
+            word = in(reg) word, out = in(reg) out, c = out(reg) _, t = out(reg) _,
+            cmpfail = label { return Outcome::CompareFailed },
+        ]);
+    }
+    Outcome::Committed
+}
+
+/// Allocator cache push: `c = *word & 0xffff; if c >= cap { CompareFailed /* full */ };
+/// items[c] = value; *word += 1` (the layout of [`cache_pop`]; the commit is one add).
+#[inline(always)]
+pub(crate) unsafe fn cache_push<F: Field>(at: At, word: *mut usize, cap: usize, value: usize) -> Outcome {
+    // SAFETY: the contract above.
+    unsafe {
+        section!(F::FIELD, at, [
+            "movzx {c:e}, word ptr [{word}]",
+            "cmp {c}, {cap}",
+            "jae {cmpfail}",
+            exit_point!("cmpfail"),
+            "mov qword ptr [{word} + {c} * 8 + 8], {value}",
+            point!(4),
+            point!(5),
+            "add qword ptr [{word}], 1",
+        ], [
+            word = in(reg) word, cap = in(reg) cap, value = in(reg) value, c = out(reg) _,
+            cmpfail = label { return Outcome::CompareFailed },
+        ]);
+    }
+    Outcome::Committed
+}
+
 /// `if *v != expect || *v2 != expect2 { CompareFailed }; *v = new`
 #[inline(always)]
 pub(crate) unsafe fn cbne_cbne_store<F: Field>(
@@ -1112,7 +1170,7 @@ pub(crate) unsafe fn cbne_memcpy_store<F: Field>(
         ], [
             v = in(reg) v, expect = in(reg) expect, new = in(reg) new,
             dst = inout(reg) dst => _, src = inout(reg) src => _, len = inout(reg) len => _,
-            t = out(reg) _, x = out(xmm_reg) _, cmpfail = label { return Outcome::CompareFailed },
+            t = out(reg) _, x = out(xmm_reg) _, x1 = out(xmm_reg) _, x2 = out(xmm_reg) _, x3 = out(xmm_reg) _, cmpfail = label { return Outcome::CompareFailed },
         ]);
     }
     Outcome::Committed

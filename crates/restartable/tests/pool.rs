@@ -1,0 +1,194 @@
+//! The strided per-CPU pool's memory promises, measured from the kernel's own accounting
+//! (`/proc/self/statm` for the process, `/proc/self/pagemap` through `pool::stats` for each
+//! index's range):
+//!
+//! - a million `Counter::new()` cost at most 40 bytes of resident memory each (the handles
+//!   included), before and after every counter is used from one CPU;
+//! - with every add done on CPU 0, no other CPU's range gains a page;
+//! - an `MmCid` structure touches only the ranges of the concurrency ids its threads ran with;
+//! - freed objects are reused (the pool does not grow when objects come and go).
+//!
+//! Each measurement runs in a child process (this test binary again), alone, so that no other
+//! test's memory is counted; every figure is printed for the log.
+
+use std::time::{Duration, Instant};
+
+use restartable::ops::MmCid;
+use restartable::{Counter, PerCpu, pool};
+
+// With `--features global-percpu-alloc` this test binary's global allocator is the library's
+// own `PerCpuAlloc` (CI runs the whole suite that way).
+#[cfg(feature = "global-percpu-alloc")]
+#[global_allocator]
+static GLOBAL_PERCPU_ALLOC: restartable::alloc::PerCpuAlloc = restartable::alloc::PerCpuAlloc::new(std::alloc::System);
+
+const DEADLINE: Duration = Duration::from_secs(120);
+const MODES: [&[(&str, &str)]; 3] =
+    [&[], &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")], &[("RESTARTABLE_FORCE_DEGRADED", "1")]];
+
+/// Run child test `name` in every mode; each must pass before the deadline.
+fn in_children(name: &str) {
+    for env in MODES {
+        let out = testkit::run_self_as_child_timeout(name, env, &[], DEADLINE);
+        let text = testkit::describe(&out);
+        assert!(out.status.success(), "{name} {env:?}:\n{text}");
+        eprintln!("{name} {env:?}:\n{text}");
+    }
+}
+
+/// The process's resident memory in bytes (`/proc/self/statm`, field 2, in pages).
+fn resident() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
+    let pages: usize = statm.split_whitespace().nth(1).and_then(|f| f.parse().ok()).expect("statm field 2");
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+}
+
+/// Pin the calling thread to CPU `cpu`.
+fn pin(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set is a valid mask; 0 names the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+}
+
+#[test]
+fn a_million_counters_in_40_bytes_each() {
+    in_children("child_million_counters");
+}
+
+#[test]
+fn child_million_counters() {
+    if !testkit::is_child() {
+        return;
+    }
+    const N: usize = 1_000_000;
+    const LIMIT: usize = 40;
+    pin(0);
+    // Warm up: the first counter maps the pool and registers this thread.
+    Counter::new().add(1);
+    let ranges_before = pool::stats().resident;
+
+    let before = resident();
+    let started = Instant::now();
+    let counters: Vec<Counter> = (0..N).map(|_| Counter::new()).collect();
+    let created = started.elapsed();
+    let after_new = resident();
+    let per_new = after_new.saturating_sub(before) / N;
+    println!(
+        "created {N} counters in {created:.2?} ({:.1} ns each): {per_new} bytes resident each",
+        created.as_nanos() as f64 / N as f64
+    );
+    assert!(per_new <= LIMIT, "{per_new} bytes per new counter (limit {LIMIT})");
+
+    // Every counter used, all from CPU 0.
+    for (k, c) in counters.iter().enumerate() {
+        c.add(k as u64 + 1);
+    }
+    let after_use = resident();
+    let per_used = after_use.saturating_sub(before) / N;
+    println!("after one add each from CPU 0: {per_used} bytes resident each");
+    assert!(per_used <= LIMIT, "{per_used} bytes per used counter (limit {LIMIT})");
+    // No lost update.
+    for (k, c) in counters.iter().enumerate() {
+        assert_eq!(c.sum(), k as u64 + 1);
+    }
+
+    // The other CPUs' ranges (and the spare) gained nothing; CPU 0's gained the counters.
+    let ranges_after = pool::stats().resident;
+    println!("resident per range before: {ranges_before:?}, after: {ranges_after:?}");
+    assert_eq!(ranges_before.len(), ranges_after.len());
+    // (Degraded mode too: its atomics index by `sched_getcpu`, which says 0 here.)
+    assert!(ranges_after[0] >= ranges_before[0] + N * 8, "CPU 0's range holds the values");
+    for r in 1..ranges_after.len() {
+        assert_eq!(ranges_after[r], ranges_before[r], "range {r} was touched");
+    }
+    // Reading every counter (sum reads all CPUs' copies) maps the zero page only.
+    let sums: u64 = counters.iter().map(Counter::sum).sum();
+    assert_eq!(sums, (N as u64) * (N as u64 + 1) / 2);
+    let ranges_read = pool::stats().resident;
+    for r in 1..ranges_after.len() {
+        assert_eq!(ranges_read[r], ranges_after[r], "reading range {r} made it resident");
+    }
+}
+
+#[test]
+fn mm_cid_touches_only_the_ids_that_ran() {
+    in_children("child_mm_cid_ranges");
+}
+
+#[test]
+fn child_mm_cid_ranges() {
+    if !testkit::is_child() {
+        return;
+    }
+    const N: usize = 10_000;
+    if !restartable::mode().is_fast() {
+        // Degraded mode has no mm_cid from the kernel: every structure indexes by CPU there.
+        println!("skipped: {}", restartable::mode());
+        return;
+    }
+    // Warm up: the first structure maps the pool.
+    drop(Counter::<MmCid>::default());
+    let before = pool::stats().resident;
+    let counters: Vec<Counter<MmCid>> = (0..N).map(|_| Counter::<MmCid>::default()).collect();
+    // One thread: only its concurrency id's range is written.
+    let cid = restartable::current_mm_cid();
+    for c in &counters {
+        c.add(1);
+    }
+    let after = pool::stats().resident;
+    println!("one thread (mm_cid {cid:?}): before {before:?}, after {after:?}");
+    let grown: Vec<usize> = (0..after.len()).filter(|&r| after[r] > before[r]).collect();
+    assert!(grown.len() <= 1, "one thread grew ranges {grown:?}");
+    assert_eq!(counters.iter().map(Counter::sum).sum::<u64>(), N as u64);
+
+    // Three threads at once: at most three ids (and at most one per CPU), whatever the CPU count.
+    let fresh: Vec<Counter<MmCid>> = (0..N).map(|_| Counter::<MmCid>::default()).collect();
+    let before = pool::stats().resident;
+    let barrier = std::sync::Barrier::new(3);
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                barrier.wait();
+                for c in &fresh {
+                    c.add(1);
+                }
+                barrier.wait();
+            });
+        }
+    });
+    let after = pool::stats().resident;
+    let grown: Vec<usize> = (0..after.len()).filter(|&r| after[r] > before[r]).collect();
+    println!("three threads: before {before:?}, after {after:?}");
+    assert!(grown.len() <= 3.min(restartable::possible_cpus()), "three threads grew ranges {grown:?}");
+    assert_eq!(fresh.iter().map(Counter::sum).sum::<u64>(), 3 * N as u64);
+}
+
+#[test]
+fn freed_objects_are_reused() {
+    in_children("child_reuse");
+}
+
+#[test]
+fn child_reuse() {
+    if !testkit::is_child() {
+        return;
+    }
+    // Warm up, then churn: a structure freed and made again reuses its place.
+    drop(PerCpu::<[u64; 4]>::new_zeroed());
+    let committed = pool::stats().committed;
+    for round in 0..1000u64 {
+        let p: PerCpu<[u64; 4]> = PerCpu::new(|i| [round, i as u64, 0, 0]);
+        for (i, v) in p.iter() {
+            assert_eq!(*v, [round, i as u64, 0, 0]);
+        }
+        let z = Counter::new();
+        assert_eq!(z.sum(), 0, "a reused object is zero again");
+        z.add(round + 1);
+    }
+    let stats = pool::stats();
+    assert_eq!(stats.committed, committed, "churn grew the pool: {stats:?}");
+}
