@@ -299,6 +299,9 @@ pub(crate) fn ready() -> Ready {
         let mode = decide(p);
         if !mode.is_fast() {
             DEGRADED_RDPID.store(p.rdpid, Ordering::Relaxed);
+            if let Some((offset, _)) = p.glibc {
+                DEGRADED_GLIBC_AREA.store(offset, Ordering::Relaxed);
+            }
             DEGRADED.store(true, Ordering::Release);
         }
         mode
@@ -343,16 +346,37 @@ static DEGRADED: AtomicBool = AtomicBool::new(false);
 /// Set with `DEGRADED` when the CPU has `rdpid` (degraded mode then reads the CPU with it).
 static DEGRADED_RDPID: AtomicBool = AtomicBool::new(false);
 
+/// Set with `DEGRADED` when glibc registers every thread's area (degraded mode forced, or no
+/// rseq fence): its offset from the thread pointer, so the CPU is one load of the area's
+/// `cpu_id`, as glibc's own `sched_getcpu` does. `NO_AREA` otherwise.
+static DEGRADED_GLIBC_AREA: AtomicIsize = AtomicIsize::new(NO_AREA);
+/// No glibc area for [`degraded_index`].
+const NO_AREA: isize = isize::MIN;
+
 /// Whether the process has decided on degraded mode (no fast path will ever run).
 #[inline]
 pub(crate) fn degraded() -> bool {
     DEGRADED.load(Ordering::Relaxed)
 }
 
-/// The current CPU as an index below [`limit`], in degraded mode: `rdpid` where the CPU has it
-/// (one instruction), else [`cpu_now`].
+/// The current CPU as an index below [`limit`], in degraded mode: the `cpu_id` of glibc's area
+/// where glibc registered this thread (one load), else `rdpid` where the CPU has it (one
+/// instruction), else [`cpu_now`]. Only a hint for locality: degraded operations are correct
+/// on any index.
 #[inline]
 pub(crate) fn degraded_index() -> usize {
+    let area = DEGRADED_GLIBC_AREA.load(Ordering::Relaxed);
+    if area != NO_AREA {
+        // SAFETY: glibc places every thread's area at this offset from the thread pointer (its
+        // `__rseq_offset` contract); `cpu_id` is a `u32` the kernel rewrites on return to this
+        // thread, -1 or -2 (out of range below) when this thread is not registered.
+        let cpu = unsafe {
+            arch::thread_pointer().wrapping_offset(area + abi::OFFSET_CPU_ID as isize).cast::<u32>().read_volatile()
+        } as usize;
+        if cpu < limit() {
+            return cpu;
+        }
+    }
     if DEGRADED_RDPID.load(Ordering::Relaxed) {
         // SAFETY: only set when the CPU has `rdpid`.
         let (i, n) = (unsafe { arch::rdpid() }, limit());
