@@ -131,6 +131,19 @@ impl Guard {
         crate::inject::delay(8);
         Ok(stop)
     }
+
+    /// [`stop`](Self::stop) in a process that has decided on degraded mode (no fast path runs,
+    /// so there is nothing to fence and the mode needs no lookup): acquire the word.
+    pub(crate) fn stop_degraded(&self, index: usize) -> Result<Stop<'_>, GuardError> {
+        debug_assert!(thread::degraded());
+        acquire(&self.0, index, false)?;
+        let stop = Stop { guard: &self.0, index, _not_send: PhantomData };
+        #[cfg(feature = "inject")]
+        crate::inject::delay(7);
+        #[cfg(feature = "inject")]
+        crate::inject::delay(8);
+        Ok(stop)
+    }
 }
 
 /// The process-wide guard words of the raw op set, one per possible index, packed: sections only
@@ -327,9 +340,9 @@ fn stale(word: u32) -> bool {
 fn acquire(w: &AtomicU32, index: usize, nested: bool) -> Result<(), GuardError> {
     let me = token();
     let b = block();
-    let nested = nested || b.held.fetch_add(1, Ordering::SeqCst) > 0;
+    let nested = nested || held_add(&b.held, 1) > 0;
     let fail = |e| {
-        b.held.fetch_sub(1, Ordering::SeqCst);
+        held_add(&b.held, u32::MAX);
         Err(e)
     };
     let take = |cur: u32, new: u32| w.compare_exchange(cur, new, Ordering::SeqCst, Ordering::Relaxed).is_ok();
@@ -360,5 +373,19 @@ fn release(w: &AtomicU32) {
     if w.swap(0, Ordering::Release) & WAITERS != 0 {
         let _ = rustix::thread::futex::wake(w, rustix::thread::futex::Flags::PRIVATE, 1);
     }
-    block().held.fetch_sub(1, Ordering::SeqCst);
+    held_add(&block().held, u32::MAX);
+}
+
+/// Add `n` (wrapping) to this thread's held-guard count; returns the old count. Only this
+/// thread and its signal handlers touch the count, and a handler always leaves it as it found
+/// it, so a plain load and store (no locked instruction) cannot lose an update: a handler that
+/// runs between them restores the value the load saw. The compiler fences keep the count's
+/// change on this side of the guard word's acquire and release, which a handler may observe.
+#[inline(always)]
+fn held_add(held: &AtomicU32, n: u32) -> u32 {
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    let old = held.load(Ordering::Relaxed);
+    held.store(old.wrapping_add(n), Ordering::Relaxed);
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    old
 }

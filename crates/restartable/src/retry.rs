@@ -297,8 +297,9 @@ pub(crate) fn one_section<S: Slots>(pc: &S, mut fast: impl FnMut(&S::Value, At) 
 }
 
 /// After the first attempt aborted. In degraded mode (the published area is then the decoy,
-/// which is why it aborted) an all-atomic operation goes straight to its slot: the CPU from
-/// `rdpid`, one atomic instruction, nothing else.
+/// which is why it aborted) an all-atomic operation goes straight to its slot (the CPU from
+/// glibc's area or `rdpid`, one atomic instruction, nothing else), and any other takes its
+/// slot's guard as a per-CPU lock at once.
 #[cold]
 #[inline(never)]
 fn drive_aborted<S: Slots, R>(
@@ -308,10 +309,24 @@ fn drive_aborted<S: Slots, R>(
     lockfree_degraded: bool,
     area: isize,
 ) -> Path<R> {
-    if lockfree_degraded && thread::degraded() {
+    if thread::degraded() {
         let i = thread::degraded_index();
         // SAFETY: `i` is below the number of indices.
-        return Path::Slow(slow(Slow::Degraded(unsafe { &pc.slot_unchecked(i).value }, i)));
+        let s = unsafe { pc.slot_unchecked(i) };
+        if lockfree_degraded {
+            return Path::Slow(slow(Slow::Degraded(&s.value, i)));
+        }
+        // The guard as a per-CPU lock, taken directly: the mode is decided (no lookup), nothing
+        // to fence. A thread that holds a guard, or finds this one busy, goes the long way
+        // (which never waits for a guard it may not wait for).
+        if guard::held() == 0
+            && let Ok(stop) = s.guard.stop_degraded(i)
+        {
+            let r = slow(Slow::Stopped(&s.value, i));
+            drop(stop);
+            count_slow_path();
+            return Path::Slow(r);
+        }
     }
     drive_cold(pc, fast, slow, lockfree_degraded, Some(area))
 }
