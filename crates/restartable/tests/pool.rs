@@ -22,6 +22,11 @@ use restartable::{Counter, PerCpu, pool};
 #[global_allocator]
 static GLOBAL_PERCPU_ALLOC: restartable::alloc::PerCpuAlloc = restartable::alloc::PerCpuAlloc::new(std::alloc::System);
 
+/// What a range may gain from outside the structures a test measures: with `PerCpuAlloc` as the
+/// global allocator its per-CPU caches live in the pool too, and the harness's other threads
+/// allocate on whatever CPU they run on (a few pages; 10,000 counters are 160 KiB).
+const ALLOCATOR_SLACK: usize = if cfg!(feature = "global-percpu-alloc") { 64 << 10 } else { 0 };
+
 const DEADLINE: Duration = Duration::from_secs(120);
 const MODES: [&[(&str, &str)]; 3] =
     [&[], &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")], &[("RESTARTABLE_FORCE_DEGRADED", "1")]];
@@ -100,17 +105,21 @@ fn child_million_counters() {
     let ranges_after = pool::stats().resident;
     println!("resident per range before: {ranges_before:?}, after: {ranges_after:?}");
     assert_eq!(ranges_before.len(), ranges_after.len());
-    // (Degraded mode too: its atomics index by `sched_getcpu`, which says 0 here.)
+    // (Degraded mode too: its atomics index by `sched_getcpu`, which says 0 here.) With
+    // `PerCpuAlloc` as the global allocator, its own per-CPU caches also live in the pool and
+    // another thread of this process (the test harness) may allocate on another CPU: a few
+    // pages, nothing per counter (a million counters would be megabytes).
+    let slack = ALLOCATOR_SLACK;
     assert!(ranges_after[0] >= ranges_before[0] + N * 8, "CPU 0's range holds the values");
     for r in 1..ranges_after.len() {
-        assert_eq!(ranges_after[r], ranges_before[r], "range {r} was touched");
+        assert!(ranges_after[r] <= ranges_before[r] + slack, "range {r} was touched: {ranges_after:?}");
     }
     // Reading every counter (sum reads all CPUs' copies) maps the zero page only.
     let sums: u64 = counters.iter().map(Counter::sum).sum();
     assert_eq!(sums, (N as u64) * (N as u64 + 1) / 2);
     let ranges_read = pool::stats().resident;
     for r in 1..ranges_after.len() {
-        assert_eq!(ranges_read[r], ranges_after[r], "reading range {r} made it resident");
+        assert!(ranges_read[r] <= ranges_after[r] + slack, "reading range {r} made it resident: {ranges_read:?}");
     }
 }
 
@@ -141,7 +150,7 @@ fn child_mm_cid_ranges() {
     }
     let after = pool::stats().resident;
     println!("one thread (mm_cid {cid:?}): before {before:?}, after {after:?}");
-    let grown: Vec<usize> = (0..after.len()).filter(|&r| after[r] > before[r]).collect();
+    let grown: Vec<usize> = (0..after.len()).filter(|&r| after[r] > before[r] + ALLOCATOR_SLACK).collect();
     assert!(grown.len() <= 1, "one thread grew ranges {grown:?}");
     assert_eq!(counters.iter().map(Counter::sum).sum::<u64>(), N as u64);
 
@@ -161,7 +170,7 @@ fn child_mm_cid_ranges() {
         }
     });
     let after = pool::stats().resident;
-    let grown: Vec<usize> = (0..after.len()).filter(|&r| after[r] > before[r]).collect();
+    let grown: Vec<usize> = (0..after.len()).filter(|&r| after[r] > before[r] + ALLOCATOR_SLACK).collect();
     println!("three threads: before {before:?}, after {after:?}");
     assert!(grown.len() <= 3.min(restartable::possible_cpus()), "three threads grew ranges {grown:?}");
     assert_eq!(fresh.iter().map(Counter::sum).sum::<u64>(), 3 * N as u64);
