@@ -340,7 +340,9 @@ fn stale(word: u32) -> bool {
 fn acquire(w: &AtomicU32, index: usize, nested: bool) -> Result<(), GuardError> {
     let me = token();
     let b = block();
-    let nested = nested || held_add(&b.held, 1) > 0;
+    // Counted whether or not this is a nested call: `release` (and `fail`) always take it back.
+    let was = held_add(&b.held, 1);
+    let nested = nested || was > 0;
     let fail = |e| {
         held_add(&b.held, u32::MAX);
         Err(e)
