@@ -6,8 +6,6 @@
 //! The compare fails (and the caller takes its cold path) before the process has decided on fast
 //! mode, in degraded mode, and on a thread whose area the kernel does not update.
 
-use core::sync::atomic::Ordering::Relaxed;
-
 use crate::{abi, arch, thread};
 
 mod sealed {
@@ -89,13 +87,15 @@ pub(crate) fn cursor<I: Index>() -> Option<Cursor> {
     if !arch::HAS_RSEQ {
         return None;
     }
-    let area = thread::OFFSET[I::MODE].load(Relaxed);
+    let area = thread::offset(I::MODE);
     // SAFETY: `OFFSET` always names a live area of the calling thread (the decoy, glibc's or ours).
-    let index = unsafe { arch::read_tp_cursor::<I>(area) };
+    // (A read the compiler may merge with an earlier one: a cursor is read just before the
+    // section that checks it, so a merged read is at worst a retry.)
+    let index = unsafe { arch::read_tp_cursor_mergeable::<I>(area) };
     if I::MM_CID && !thread::area_registered(area) {
         return None;
     }
-    Some(Cursor { area, index: index as usize })
+    Some(Cursor { area, index })
 }
 
 /// The CPU the calling thread runs on (it may move at any moment after this returns).
@@ -121,7 +121,7 @@ fn registered_cpu() -> Option<usize> {
     if !arch::HAS_RSEQ {
         return None;
     }
-    let area = thread::OFFSET[0].load(Relaxed);
+    let area = thread::offset(0);
     // SAFETY: `OFFSET` always names a live area of the calling thread.
     let cpu = unsafe { arch::read_tp_u32::<{ abi::OFFSET_CPU_ID }>(area) };
     ((cpu as i32) >= 0).then_some(cpu as usize)
@@ -144,12 +144,17 @@ fn current_cpu_cold() -> usize {
 /// ```
 #[inline]
 pub fn current_mm_cid() -> Option<usize> {
-    match cursor::<MmCid>() {
-        // The published area is the decoy (cpu_id -1, so `cursor` says `None`) until mm_cid
+    if arch::HAS_RSEQ {
+        // The published area is the decoy (cpu_id -1, so it is not registered) until mm_cid
         // indexing is in use: a registered area here is a real one.
-        Some(c) => Some(c.index),
-        None => area_field(abi::OFFSET_MM_CID),
+        let area = thread::offset(MmCid::MODE);
+        if thread::area_registered(area) {
+            // SAFETY: `OFFSET` always names a live area of the calling thread. (A read of its
+            // own, never merged with another: a caller may wait for the value to change.)
+            return Some(unsafe { arch::read_tp_cursor::<MmCid>(area) } as usize);
+        }
     }
+    area_field(abi::OFFSET_MM_CID)
 }
 
 /// The NUMA node of the CPU the calling thread runs on, from the rseq area (kernel 6.3+).

@@ -157,12 +157,14 @@ pub(crate) fn global(index: usize) -> Option<&'static Guard> {
     GUARDS.get(index)
 }
 
-/// The process-wide guard of `index % MAX_CPUS` (no bounds check on the hot path).
+/// The table of process-wide guard words, as the raw ops' sections read it (`index`'s word at
+/// `table + index`, read only after the section has checked that the thread runs on `index`: the
+/// kernel gives no index past [`MAX_CPUS`] in a process that runs fast paths, since it refuses
+/// them on a machine with more possible CPUs).
 #[inline(always)]
-pub(crate) fn global_masked(index: usize) -> &'static Guard {
-    const _: () = assert!(MAX_CPUS.is_power_of_two());
-    // SAFETY: the masked index is below `MAX_CPUS`, the array's length.
-    unsafe { &*GUARDS.as_ptr().add(index & (MAX_CPUS - 1)) }
+pub(crate) fn global_table() -> *const AtomicU32 {
+    // `Guard` is a transparent `AtomicU32`.
+    GUARDS.as_ptr().cast::<AtomicU32>()
 }
 
 /// The number of indices: [`possible_cpus`](crate::possible_cpus), capped at [`MAX_CPUS`].

@@ -44,7 +44,7 @@
 use core::sync::atomic::{AtomicU8, AtomicUsize};
 
 pub use crate::arch::Outcome;
-use crate::arch::{self, At};
+use crate::arch::{self, At, InTable};
 pub use crate::cpu::{Cpu, Index, MmCid};
 use crate::{guard, thread};
 
@@ -74,12 +74,13 @@ impl Order for Release {
 }
 
 /// Where a raw op on `index` runs: the published area (see [`cpu`](crate::current_cpu)) and the
-/// process-wide guard word of `index` (masked into the array: an index past
-/// [`guard::MAX_CPUS`](crate::guard::MAX_CPUS) runs on no CPU, and [`settle`] reports it).
+/// table of process-wide guard words (the section reads `index`'s after checking that the thread
+/// runs on `index`: an index past [`guard::MAX_CPUS`](crate::guard::MAX_CPUS) runs on no CPU, so
+/// its section aborts before that, and [`settle`] reports it). The index is compared as 32 bits,
+/// so it is cut to 32 bits here (free for the value [`current_index`] returns).
 #[inline(always)]
 fn at<I: Index>(index: usize) -> At {
-    let area = thread::OFFSET[I::MODE].load(core::sync::atomic::Ordering::Relaxed);
-    At { area, index: index as u32, guard: guard::global_masked(index).word() }
+    At { area: thread::offset(I::MODE), index: index as u32 as usize, guard: guard::global_table() }
 }
 
 /// The calling thread's index for the next op in mode `I`, as cheaply as it can be read: for
@@ -98,9 +99,8 @@ pub fn current_index<I: Index>() -> usize {
     if !crate::arch::HAS_RSEQ {
         return crate::current_cpu() % crate::possible_cpus();
     }
-    let area = thread::OFFSET[I::MODE].load(core::sync::atomic::Ordering::Relaxed);
     // SAFETY: `OFFSET` always names a live area of the calling thread.
-    unsafe { crate::arch::read_tp_cursor::<I>(area) as usize }
+    unsafe { crate::arch::read_tp_cursor_mergeable::<I>(thread::offset(I::MODE)) }
 }
 
 /// An aborted raw op: `Stopped` when it can never commit here (the process runs no fast path, the
@@ -111,7 +111,7 @@ fn settle<I: Index>(index: usize) -> Outcome {
     if index >= crate::guard::MAX_CPUS {
         return Outcome::Stopped;
     }
-    let area = || thread::OFFSET[I::MODE].load(core::sync::atomic::Ordering::Relaxed);
+    let area = || thread::offset(I::MODE);
     if !thread::area_registered(area()) {
         let _ = thread::ready();
         if !thread::area_registered(area()) {
@@ -147,7 +147,7 @@ macro_rules! raw {
 pub unsafe fn load_cbne_store<I: Index>(v: *const AtomicUsize, expect: usize, new: usize, index: usize) -> Outcome {
     raw!(I, index, |at| {
         // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
-        unsafe { arch::cbne_store::<I>(at, (*v).as_ptr(), expect, new) }
+        unsafe { arch::cbne_store::<InTable<I>>(at, (*v).as_ptr(), expect, new) }
     })
 }
 
@@ -159,7 +159,7 @@ pub unsafe fn load_cbne_store<I: Index>(v: *const AtomicUsize, expect: usize, ne
 pub unsafe fn load_add_store<I: Index>(v: *const AtomicUsize, count: usize, index: usize) -> Outcome {
     raw!(I, index, |at| {
         // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
-        unsafe { arch::add::<I>(at, (*v).as_ptr(), count) }
+        unsafe { arch::add::<InTable<I>>(at, (*v).as_ptr(), count) }
     })
 }
 
@@ -180,7 +180,7 @@ pub unsafe fn load_cbeq_store_add_load_store<I: Index>(
 ) -> Outcome {
     raw!(I, index, |at| {
         // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
-        unsafe { arch::cbeq_pop::<I>(at, (*v).as_ptr(), expectnot, off, out) }
+        unsafe { arch::cbeq_pop::<InTable<I>>(at, (*v).as_ptr(), expectnot, off, out) }
     })
 }
 
@@ -199,7 +199,7 @@ pub unsafe fn load_add_load_load_add_store<I: Index>(
 ) -> Outcome {
     raw!(I, index, |at| {
         // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
-        unsafe { arch::add_indirect::<I>(at, (*p).as_ptr(), off, count) }
+        unsafe { arch::add_indirect::<InTable<I>>(at, (*p).as_ptr(), off, count) }
     })
 }
 
@@ -219,7 +219,7 @@ pub unsafe fn load_cbne_load_cbne_store<I: Index>(
 ) -> Outcome {
     raw!(I, index, |at| {
         // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
-        unsafe { arch::cbne_cbne_store::<I>(at, (*v).as_ptr(), expect, (*v2).as_ptr(), expect2, new) }
+        unsafe { arch::cbne_cbne_store::<InTable<I>>(at, (*v).as_ptr(), expect, (*v2).as_ptr(), expect2, new) }
     })
 }
 
@@ -240,7 +240,7 @@ pub unsafe fn load_cbne_store_store<I: Index, O: Order>(
     raw!(I, index, |at| {
         // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard. (On x86_64
         // every store is a release store.)
-        unsafe { arch::cbne_store_store::<I>(at, (*v).as_ptr(), expect, (*v2).as_ptr(), new2, new) }
+        unsafe { arch::cbne_store_store::<InTable<I>>(at, (*v).as_ptr(), expect, (*v2).as_ptr(), new2, new) }
     })
 }
 
@@ -262,7 +262,7 @@ pub unsafe fn load_cbne_memcpy_store<I: Index, O: Order>(
 ) -> Outcome {
     raw!(I, index, |at| {
         // SAFETY: the caller's contract; `at` is this thread's area and `index`'s guard.
-        unsafe { arch::cbne_memcpy_store::<I>(at, (*v).as_ptr(), expect, (*dst).as_ptr(), src, len, new) }
+        unsafe { arch::cbne_memcpy_store::<InTable<I>>(at, (*v).as_ptr(), expect, (*dst).as_ptr(), src, len, new) }
     })
 }
 

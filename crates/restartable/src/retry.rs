@@ -336,7 +336,7 @@ fn drive_aborted<S: Slots, R>(
 fn fast_on<S: Slots>(pc: &S, fast: &mut impl FnMut(&S::Value, At) -> Outcome, c: cpu::Cursor) -> Outcome {
     // SAFETY: the cursor's index is below the number of indices.
     let s = unsafe { pc.slot_unchecked(c.index) };
-    fast(&s.value, At { area: c.area, index: c.index as u32, guard: s.guard.word() })
+    fast(&s.value, At { area: c.area, index: c.index, guard: s.guard.word() })
 }
 
 #[cold]

@@ -3,10 +3,11 @@
 //! The area is addressed as *thread pointer + one process-wide offset*: glibc's
 //! `__rseq_offset` when glibc registers every thread (found through weak references, so static
 //! binaries find it too), else the offset of this library's own area in static TLS, which each
-//! thread registers on its first operation. Once the process has decided on fast mode it
-//! publishes one word per index mode, `offset << 32 | number of indices` ([`CFG`]); the hot path
-//! reads it with one load and needs no per-thread pointer. The word stays 0 (no fast path) before
-//! the decision and forever in degraded mode.
+//! thread registers on its first operation. Each index mode has one published offset
+//! ([`OFFSET`]): the decoy area's (an area no kernel updates, so every section aborts) until the
+//! process has decided on fast mode, then the real area's, and the decoy's forever in degraded
+//! mode. The hot path reads it with one load (which the compiler may share between an index read
+//! and the section that checks it) and needs no per-thread pointer.
 //!
 //! First use allocates nothing (the mode decision reads the environment with `getenv`, the CPU
 //! count into a stack buffer, and the own area is static TLS) and is re-entrant: a signal handler
@@ -29,6 +30,16 @@ pub const FORCE_DEGRADED_ENV: &str = "RESTARTABLE_FORCE_DEGRADED";
 /// and write: the decoy until fast mode is published (set by [`on_load`] before `main`), then
 /// glibc's or ours. Read by the hot path with one load.
 pub(crate) static OFFSET: [AtomicIsize; 2] = [AtomicIsize::new(0), AtomicIsize::new(0)];
+
+/// `OFFSET[mode]`, read so that two reads with no store of this thread between them are one
+/// load (an index read, then the section that checks it, share it as the C reference shares its
+/// `__rseq_offset`). The value changes once, from the decoy to the real area, and a section run on
+/// the decoy aborts, so a stale read costs only a retry.
+#[inline(always)]
+pub(crate) fn offset(mode: usize) -> isize {
+    // SAFETY: a live static, written only atomically.
+    unsafe { arch::read_word_mergeable(OFFSET[mode].as_ptr()) }
+}
 
 /// The decoy area's offset from the thread pointer (the same in every thread: static TLS).
 fn decoy_offset() -> isize {

@@ -38,6 +38,20 @@ pub trait Field {
     /// always a possible CPU number, so it can index memory unchecked; the section then checks
     /// `cpu_id`).
     const CURSOR: usize;
+    /// Whether `At::guard` is a table of guard words indexed by `At::index` (the raw ops'
+    /// process-wide guards, read with one scaled-index operand) rather than the word itself.
+    const TABLE: bool = false;
+}
+
+/// Index mode `I` with the guard word read from a table: [`At::guard`] is the table, and the
+/// section reads `index`'s word after checking that the thread runs on `index` (so `index` is a
+/// real CPU number or mm_cid, below the table's length, whenever the word is read).
+pub(crate) struct InTable<I>(core::marker::PhantomData<I>);
+
+impl<I: Field> Field for InTable<I> {
+    const FIELD: usize = I::FIELD;
+    const CURSOR: usize = I::CURSOR;
+    const TABLE: bool = true;
 }
 
 /// How an op ended.
@@ -66,10 +80,13 @@ pub(crate) struct At {
     /// The calling thread's registered rseq area, as its offset from the thread pointer (the
     /// process-wide offset): sections address it thread-pointer-relative.
     pub area: isize,
-    /// The index the caller used to find its data; the section re-checks it.
-    pub index: u32,
+    /// The index the caller used to find its data; the section re-checks it (as a 32-bit value:
+    /// the field it is compared with has 32 bits, so `index` is always below 2^32, and a guard
+    /// table can be addressed with it).
+    pub index: usize,
     /// The guard word of `index` for this data (read by the sections; the portable module has
-    /// none).
+    /// none); for a [`Field`] whose `TABLE` is true, the start of a table of guard words instead,
+    /// `index`'s at `guard + index`.
     #[cfg_attr(restartable_portable, allow(dead_code))]
     pub guard: *const AtomicU32,
 }

@@ -39,6 +39,25 @@ pub(crate) unsafe fn read_tp_cursor<F: Field>(_offset: isize) -> u32 {
     u32::MAX
 }
 
+/// The word at `p`, with a relaxed atomic load.
+///
+/// # Safety
+/// `p` is valid for reads of an `isize`, and every write to it is atomic.
+#[inline(always)]
+pub(crate) unsafe fn read_word_mergeable(p: *const isize) -> isize {
+    // SAFETY: the caller's contract.
+    unsafe { (*p.cast::<core::sync::atomic::AtomicIsize>()).load(core::sync::atomic::Ordering::Relaxed) }
+}
+
+/// Never called: without critical sections nothing reads the rseq area.
+///
+/// # Safety
+/// None needed.
+#[inline(always)]
+pub(crate) unsafe fn read_tp_cursor_mergeable<F: Field>(_offset: isize) -> usize {
+    u32::MAX as usize
+}
+
 std::thread_local! {
     static BLOCK: ThreadBlock = const {
         ThreadBlock {

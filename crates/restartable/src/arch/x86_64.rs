@@ -90,6 +90,28 @@ pub(crate) unsafe fn read_tp_u32<const FIELD: usize>(offset: isize) -> u32 {
     v
 }
 
+/// A word that changes at most a few times in the process's life (the published area offset),
+/// read so that the compiler may merge two reads with no store of this thread between them (an
+/// `asm` without side effects: a relaxed atomic load is never merged). A stale read is still a
+/// value the word held, which every reader must accept anyway.
+///
+/// # Safety
+/// `p` is valid for reads of an `isize`, and every write to it is atomic.
+#[inline(always)]
+pub(crate) unsafe fn read_word_mergeable(p: *const isize) -> isize {
+    let v: isize;
+    // SAFETY: the caller's contract; one aligned 8-byte load is atomic on x86_64.
+    unsafe {
+        asm!(
+            "mov {v}, qword ptr [{p}]",
+            p = in(reg) p,
+            v = out(reg) v,
+            options(nostack, readonly, pure, preserves_flags),
+        );
+    }
+    v
+}
+
 /// The index field of mode `F` ([`Field::CURSOR`]) of the area at `offset` from the thread
 /// pointer, read once.
 ///
@@ -107,6 +129,32 @@ pub(crate) unsafe fn read_tp_cursor<F: Field>(offset: isize) -> u32 {
             v = out(reg) v,
             options(nostack, readonly, preserves_flags),
         );
+    }
+    v
+}
+
+/// [`read_tp_cursor`], as a read the compiler may merge with an earlier one when no store came
+/// between them (and may move out of a loop that stores nothing): for an index read just before
+/// the section that re-checks it (a stale one costs a retry), so that the area offset read
+/// before it and the one the section uses can be one load.
+///
+/// # Safety
+/// As [`read_tp_cursor`].
+#[inline(always)]
+pub(crate) unsafe fn read_tp_cursor_mergeable<F: Field>(offset: isize) -> usize {
+    let v: usize;
+    // SAFETY: the caller's contract. A 32-bit load zero-extends into the whole register, so the
+    // value is below 2^32 (said to the compiler, which then needs no instruction to widen it or
+    // to cut it back to the 32 bits a section compares).
+    unsafe {
+        asm!(
+            "mov {v:e}, dword ptr fs:[{o} + {f}]",
+            o = in(reg) offset,
+            f = const F::CURSOR,
+            v = out(reg) v,
+            options(nostack, readonly, pure, preserves_flags),
+        );
+        core::hint::assert_unchecked(v <= u32::MAX as usize);
     }
     v
 }
@@ -371,16 +419,23 @@ macro_rules! copy_bytes {
 /// One critical section on `$at` with the index field `$field`. `$check` is the guard check
 /// (only the benchmark-only unguarded op replaces it, with a comment naming the operands).
 macro_rules! section {
-    ($field:expr, $at:expr, [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
-        section!(@checked $field, $at, ["cmp dword ptr [{guard}], 0", "jne {stopped}"], [$($body),*],
-            [guard = in(reg) $at.guard, $($operands)*] [] [])
+    ($field:ty, $at:expr, [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
+        section!(@checked $field, $at, [
+            ".if {table}",
+            "cmp dword ptr [{guard} + 4 * {index}], 0",
+            ".else",
+            "cmp dword ptr [{guard}], 0",
+            ".endif",
+            "jne {stopped}"
+        ], [$($body),*],
+            [guard = in(reg) $at.guard, table = const <$field as Field>::TABLE as u8, $($operands)*] [] [])
     };
-    (@checked $field:expr, $at:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
+    (@checked $field:ty, $at:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
         section!(@checked $field, $at, [$($check),*], [$($body),*], [guard = in(reg) $at.guard, $($operands)*] [] [])
     };
     // (With `[] []` after the operands: the caller declares every operand its check uses.)
     // `$prologue` runs before the descriptor store (outside the section), with `$more` operands.
-    (@checked $field:expr, $at:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*] [$($prologue:expr),* $(,)?] [$($more:tt)*]) => {
+    (@checked $field:ty, $at:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*] [$($prologue:expr),* $(,)?] [$($more:tt)*]) => {
         inject_operand!(
             $($prologue,)*
             ".pushsection __rseq_cs, \"aw\"",
@@ -416,7 +471,7 @@ macro_rules! section {
             ".popsection",
             area = in(reg) $at.area,
             index = in(reg) $at.index,
-            field = const $field,
+            field = const <$field as Field>::FIELD,
             rseq_cs = const abi::OFFSET_RSEQ_CS,
             sig = const abi::RSEQ_SIG,
             cs = out(reg) _,
@@ -443,7 +498,7 @@ macro_rules! section {
 pub(crate) unsafe fn cbne_store<F: Field>(at: At, v: *mut usize, expect: usize, new: usize) -> Outcome {
     // SAFETY: the contract above.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "cmp qword ptr [{v}], {expect}",
             "jne {cmpfail}",
             exit_point!("cmpfail"),
@@ -462,7 +517,7 @@ pub(crate) unsafe fn cbne_store<F: Field>(at: At, v: *mut usize, expect: usize, 
 pub(crate) unsafe fn add<F: Field>(at: At, v: *mut usize, count: usize) -> Outcome {
     // SAFETY: the contract above.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             point!(4),
             point!(5),
             "add qword ptr [{v}], {count}",
@@ -486,7 +541,7 @@ pub(crate) unsafe fn add_strided<F: Field, const VALUE: usize>(
 ) -> Outcome {
     // SAFETY: the contract above, for the slot at `base + offset`.
     unsafe {
-        section!(@checked F::FIELD, at, [
+        section!(@checked F, at, [
             "cmp dword ptr [{base} + {offset}], 0", "jne {stopped}"
         ], [
             point!(4),
@@ -514,7 +569,7 @@ pub(crate) unsafe fn add_strided_unless<F: Field, const VALUE: usize, const MASK
 ) -> Outcome {
     // SAFETY: the contract above, for the slot at `base + offset`; `flag` is readable.
     unsafe {
-        section!(@checked F::FIELD, at, [
+        section!(@checked F, at, [
             "cmp dword ptr [{base} + {offset}], 0", "jne {stopped}"
         ], [
             "test dword ptr [{flag}], {mask}",
@@ -542,7 +597,7 @@ pub(crate) unsafe fn cbeq_pop<F: Field>(
 ) -> Outcome {
     // SAFETY: the contract above.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "mov {t}, qword ptr [{v}]",
             "cmp {t}, {expectnot}",
             "je {cmpfail}",
@@ -565,7 +620,7 @@ pub(crate) unsafe fn cbeq_pop<F: Field>(
 pub(crate) unsafe fn add_indirect<F: Field>(at: At, p: *mut usize, off: usize, count: usize) -> Outcome {
     // SAFETY: the contract above.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "mov {r}, qword ptr [{p}]",
             "mov {r}, qword ptr [{r} + {off}]",
             point!(4),
@@ -584,7 +639,7 @@ pub(crate) unsafe fn add_indirect<F: Field>(at: At, p: *mut usize, off: usize, c
 pub(crate) unsafe fn ring_push_item<F: Field, T>(at: At, count: *mut usize, cap: usize, src: *const T) -> Outcome {
     // SAFETY: the contract above.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "mov {c}, qword ptr [{count}]",
             "cmp {c}, {cap}",
             "jae {cmpfail}",
@@ -618,7 +673,7 @@ pub(crate) unsafe fn ring_push_item<F: Field, T>(at: At, count: *mut usize, cap:
 pub(crate) unsafe fn ring_pop_item<F: Field, T>(at: At, count: *mut usize, dst: *mut T) -> Outcome {
     // SAFETY: the contract above.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "mov {c}, qword ptr [{count}]",
             "test {c}, {c}",
             "jz {cmpfail}",
@@ -658,7 +713,7 @@ pub(crate) unsafe fn ring_push_many<F: Field, T, const FROM_END: bool>(
 ) -> Outcome {
     // SAFETY: the contract above; `args[1] >= 1`.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "mov {c}, qword ptr [{count}]",
             "mov {len}, qword ptr [{args}]",
             "sub {len}, {c}",
@@ -703,7 +758,7 @@ pub(crate) unsafe fn ring_pop_many<F: Field, T>(
 ) -> Outcome {
     // SAFETY: the contract above; `args[0] >= 1`.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "mov {c}, qword ptr [{count}]",
             "test {c}, {c}",
             "jz {cmpfail}",
@@ -780,7 +835,7 @@ macro_rules! stack_free_slot {
 pub(crate) unsafe fn stack_push<F: Field, T>(at: At, col: *mut usize, src: *const T) -> Outcome {
     // SAFETY: the contract above, and the column's chunks are readable.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             stack_free_slot!(),
             copy_item!("{src}", "{t}", "o", "o"),
             point!(4),
@@ -805,7 +860,7 @@ pub(crate) unsafe fn stack_push<F: Field, T>(at: At, col: *mut usize, src: *cons
 pub(crate) unsafe fn stack_pop<F: Field, T>(at: At, col: *mut usize, dst: *mut T, free: *mut usize) -> Outcome {
     // SAFETY: the contract above, and the column's chunks are readable.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "mov {t}, qword ptr [{col}]",
             "test {t}, {t}",
             "jz {cmpfail}",
@@ -852,7 +907,7 @@ pub(crate) unsafe fn stack_pop<F: Field, T>(at: At, col: *mut usize, dst: *mut T
 pub(crate) unsafe fn stack_attach<F: Field, T>(at: At, col: *mut usize, chunk: usize) -> Outcome {
     // SAFETY: the contract above; `chunk` is private to the caller until the commit.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "mov {t}, qword ptr [{col}]",
             "mov {h}, qword ptr [{col} + 8]",
             "test {t}, {t}",
@@ -900,7 +955,7 @@ pub(crate) unsafe fn stack_attach<F: Field, T>(at: At, col: *mut usize, chunk: u
 pub(crate) unsafe fn stack_trim<F: Field, T>(at: At, col: *mut usize, keep: usize, out: *mut usize) -> Outcome {
     // SAFETY: the contract above.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "mov {h}, qword ptr [{col} + 8]",
             "test {h}, {h}",
             "jz {cmpfail}",
@@ -940,7 +995,7 @@ pub(crate) unsafe fn stack_push_many<F: Field, T>(
 ) -> Outcome {
     // SAFETY: the contract above, as for `stack_push`; `args[0] >= 1`.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "mov {k}, qword ptr [{args}]",
             stack_free_slot!(),
             copy_item!("{s}", "{t}", "o", "o"),
@@ -991,7 +1046,7 @@ pub(crate) unsafe fn stack_pop_many<F: Field, T>(
 ) -> Outcome {
     // SAFETY: the contract above, as for `stack_pop`; `args[0] >= 1`.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "mov {k}, qword ptr [{args}]",
             "mov {t}, qword ptr [{col}]",
             "test {t}, {t}",
@@ -1047,7 +1102,7 @@ pub(crate) unsafe fn stack_pop_many<F: Field, T>(
 pub(crate) unsafe fn cache_pop<F: Field>(at: At, word: *mut usize, out: *mut usize) -> Outcome {
     // SAFETY: the contract above.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "movzx {c:e}, word ptr [{word}]",
             "test {c:e}, {c:e}",
             "jz {cmpfail}",
@@ -1071,7 +1126,7 @@ pub(crate) unsafe fn cache_pop<F: Field>(at: At, word: *mut usize, out: *mut usi
 pub(crate) unsafe fn cache_push<F: Field>(at: At, word: *mut usize, cap: usize, value: usize) -> Outcome {
     // SAFETY: the contract above.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "movzx {c:e}, word ptr [{word}]",
             "cmp {c}, {cap}",
             "jae {cmpfail}",
@@ -1100,7 +1155,7 @@ pub(crate) unsafe fn cbne_cbne_store<F: Field>(
 ) -> Outcome {
     // SAFETY: the contract above.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "cmp qword ptr [{v}], {expect}",
             "jne {cmpfail}",
             exit_point!("cmpfail"),
@@ -1130,7 +1185,7 @@ pub(crate) unsafe fn cbne_store_store<F: Field>(
 ) -> Outcome {
     // SAFETY: the contract above.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "cmp qword ptr [{v}], {expect}",
             "jne {cmpfail}",
             exit_point!("cmpfail"),
@@ -1160,7 +1215,7 @@ pub(crate) unsafe fn cbne_memcpy_store<F: Field>(
 ) -> Outcome {
     // SAFETY: the contract above.
     unsafe {
-        section!(F::FIELD, at, [
+        section!(F, at, [
             "cmp qword ptr [{v}], {expect}",
             "jne {cmpfail}",
             exit_point!("cmpfail"),
@@ -1182,7 +1237,7 @@ pub(crate) unsafe fn cbne_memcpy_store<F: Field>(
 pub(crate) unsafe fn add_unguarded<F: Field>(at: At, v: *mut usize, count: usize) -> Outcome {
     // SAFETY: the contract above (the guard is named, not read).
     unsafe {
-        section!(@checked F::FIELD, at, ["# unguarded: {guard} {stopped}"], [
+        section!(@checked F, at, ["# unguarded: {guard} {stopped}"], [
             "add qword ptr [{v}], {count}",
         ], [
             v = in(reg) v, count = in(reg) count,

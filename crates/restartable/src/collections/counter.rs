@@ -62,9 +62,7 @@ impl<I: Index> Counter<I> {
             // SAFETY: the slot of `at.index` (at `base + index * STRIDE`) is written only by
             // sections on that index, under its guard, or with atomic instructions when no
             // section can run on it; its value is `VALUE` bytes after its guard word.
-            move |_, at| unsafe {
-                arch::add_strided::<I, VALUE>(at, base, (at.index as usize) << pool::STRIDE_SHIFT, n)
-            },
+            move |_, at| unsafe { arch::add_strided::<I, VALUE>(at, base, at.index << pool::STRIDE_SHIFT, n) },
             move |slow| {
                 // Every slow form is an atomic add: on a stopped index, on the spare (which no
                 // section touches), or in degraded mode (where no section runs at all).

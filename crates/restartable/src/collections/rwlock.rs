@@ -430,7 +430,7 @@ impl<T: ?Sized, I: Index> RwLock<T, I> {
             arch::add_strided_unless::<I, VALUE, WRITER>(
                 at,
                 counts.first.as_ptr().cast::<u8>(),
-                (at.index as usize) << pool::STRIDE_SHIFT,
+                at.index << pool::STRIDE_SHIFT,
                 1,
                 &self.head.state,
             )
@@ -445,7 +445,7 @@ impl<T: ?Sized, I: Index> RwLock<T, I> {
             arch::add_strided::<I, VALUE>(
                 at,
                 counts.first.as_ptr().cast::<u8>(),
-                (at.index as usize) << pool::STRIDE_SHIFT,
+                at.index << pool::STRIDE_SHIFT,
                 usize::MAX,
             )
         }

@@ -93,7 +93,7 @@ impl<T, I: Index> SpinLock<T, I> {
             let path = retry::drive(
                 &self.slots,
                 |s, at| {
-                    got.set(at.index as usize);
+                    got.set(at.index);
                     // SAFETY: lock word `at.index` is set only by sections on that index or under
                     // its guard; the holder clears it with a release store.
                     unsafe { arch::cbne_store::<I>(at, s.locked.as_ptr(), 0, 1) }
