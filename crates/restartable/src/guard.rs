@@ -132,17 +132,32 @@ impl Guard {
         Ok(stop)
     }
 
-    /// [`stop`](Self::stop) in a process that has decided on degraded mode (no fast path runs,
-    /// so there is nothing to fence and the mode needs no lookup): acquire the word.
-    pub(crate) fn stop_degraded(&self, index: usize) -> Result<Stop<'_>, GuardError> {
+    /// The guard as a per-CPU lock in degraded mode, the common case only and inline: this
+    /// thread holds no guard and has its owner token for this fork generation, and the word is
+    /// free. `None` otherwise (nothing changed): take the long way ([`stop`](Self::stop)).
+    #[inline(always)]
+    pub(crate) fn lock_degraded(&self, index: usize) -> Option<Stop<'_>> {
         debug_assert!(thread::degraded());
-        acquire(&self.0, index, false)?;
-        let stop = Stop { guard: &self.0, index, _not_send: PhantomData };
+        let b = block();
+        let me = b.token.load(Ordering::Relaxed);
+        if me == 0 || b.token_generation.load(Ordering::Relaxed) != thread::generation() {
+            return None;
+        }
+        // Counted before the word is taken, as in `acquire` (a signal handler that runs in
+        // between sees a held guard and does not wait).
+        if held_add(&b.held, 1) != 0 {
+            held_add(&b.held, u32::MAX);
+            return None;
+        }
+        if self.0.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            held_add(&b.held, u32::MAX);
+            return None;
+        }
         #[cfg(feature = "inject")]
         crate::inject::delay(7);
         #[cfg(feature = "inject")]
         crate::inject::delay(8);
-        Ok(stop)
+        Some(Stop { guard: &self.0, index, _not_send: PhantomData })
     }
 }
 
@@ -247,6 +262,7 @@ impl fmt::Debug for Stop<'_> {
 }
 
 impl Drop for Stop<'_> {
+    #[inline]
     fn drop(&mut self) {
         release(self.guard);
     }
@@ -373,11 +389,17 @@ fn acquire(w: &AtomicU32, index: usize, nested: bool) -> Result<(), GuardError> 
     }
 }
 
+#[inline]
 fn release(w: &AtomicU32) {
     if w.swap(0, Ordering::Release) & WAITERS != 0 {
-        let _ = rustix::thread::futex::wake(w, rustix::thread::futex::Flags::PRIVATE, 1);
+        wake_one(w);
     }
     held_add(&block().held, u32::MAX);
+}
+
+#[cold]
+fn wake_one(w: &AtomicU32) {
+    let _ = rustix::thread::futex::wake(w, rustix::thread::futex::Flags::PRIVATE, 1);
 }
 
 /// Add `n` (wrapping) to this thread's held-guard count; returns the old count. Only this

@@ -66,8 +66,10 @@ pub fn set_max_aborts(n: u32) {
 }
 
 /// How many operations this process completed off the fast path: under a guard or on a spare
-/// index. (In degraded mode a counter's add is one atomic instruction and is not counted here:
-/// every operation of that mode is off the fast path, as [`mode`](crate::mode) says.)
+/// index. (In degraded mode the collections' operations are not counted here: a counter's add
+/// is one atomic instruction, and any other operation takes its CPU's guard word as a lock
+/// directly, as cheaply as a mutex; every operation of that mode is off the fast path, as
+/// [`mode`](crate::mode) says. The raw ops' driver, [`run`], counts in every mode.)
 pub fn slow_path_uses() -> u64 {
     SLOW_PATH_USES.iter().map(|c| c.load(Relaxed)).sum()
 }
@@ -286,6 +288,22 @@ pub(crate) fn drive<S: Slots, R>(
     }
 }
 
+/// [`drive`] for an out-of-line part whose inline attempt has just failed: in degraded mode (where
+/// that attempt could never commit) it goes straight to the degraded lane instead of running the
+/// section again.
+#[inline(always)]
+pub(crate) fn drive_again<S: Slots, R>(
+    pc: &S,
+    fast: impl FnMut(&S::Value, At) -> Outcome,
+    slow: impl FnOnce(Slow<'_, S::Value>) -> R,
+    lockfree_degraded: bool,
+) -> Path<R> {
+    if thread::degraded() {
+        return drive_aborted(pc, fast, slow, lockfree_degraded, thread::offset(<S::Index as Index>::MODE));
+    }
+    drive(pc, fast, slow, lockfree_degraded)
+}
+
 /// One fast attempt and nothing else (`Stopped` when the thread has no usable area yet): for an
 /// operation whose inline part is only its common case, falling back to [`drive`] out of line.
 #[inline(always)]
@@ -317,14 +335,11 @@ fn drive_aborted<S: Slots, R>(
             return Path::Slow(slow(Slow::Degraded(&s.value, i)));
         }
         // The guard as a per-CPU lock, taken directly: the mode is decided (no lookup), nothing
-        // to fence. A thread that holds a guard, or finds this one busy, goes the long way
-        // (which never waits for a guard it may not wait for).
-        if guard::held() == 0
-            && let Ok(stop) = s.guard.stop_degraded(i)
-        {
+        // to fence, and (like a mutex) nothing counted. A thread that holds a guard, or finds
+        // this one busy, goes the long way (which never waits for a guard it may not wait for).
+        if let Some(stop) = s.guard.lock_degraded(i) {
             let r = slow(Slow::Stopped(&s.value, i));
             drop(stop);
-            count_slow_path();
             return Path::Slow(r);
         }
     }

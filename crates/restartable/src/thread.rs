@@ -374,7 +374,7 @@ pub(crate) fn degraded() -> bool {
 /// where glibc registered this thread (one load), else `rdpid` where the CPU has it (one
 /// instruction), else [`cpu_now`]. Only a hint for locality: degraded operations are correct
 /// on any index.
-#[inline]
+#[inline(always)]
 pub(crate) fn degraded_index() -> usize {
     let area = DEGRADED_GLIBC_AREA.load(Ordering::Relaxed);
     if area != NO_AREA {
@@ -388,6 +388,12 @@ pub(crate) fn degraded_index() -> usize {
             return cpu;
         }
     }
+    degraded_index_without_area()
+}
+
+/// [`degraded_index`] when glibc's area gives no CPU.
+#[inline(never)]
+fn degraded_index_without_area() -> usize {
     if DEGRADED_RDPID.load(Ordering::Relaxed) {
         // SAFETY: only set when the CPU has `rdpid`.
         let (i, n) = (unsafe { arch::rdpid() }, limit());

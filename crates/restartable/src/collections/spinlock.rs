@@ -99,7 +99,7 @@ impl<T, I: Index> SpinLock<T, I> {
                     unsafe { arch::cbne_store::<I>(at, s.locked.as_ptr(), 0, 1) }
                 },
                 |slow| match slow {
-                    Slow::Stopped(s, i) | Slow::Degraded(s, i) => {
+                    Slow::Stopped(s, i) => {
                         got.set(i);
                         // No section and no other slow path runs on this index: test-and-set.
                         s.locked.load(Ordering::Relaxed) == 0 && {
@@ -107,10 +107,16 @@ impl<T, I: Index> SpinLock<T, I> {
                             true
                         }
                     }
+                    // No section runs anywhere, and every other way to the word is a
+                    // compare-exchange: one is the whole lock, as in any spin lock.
+                    Slow::Degraded(s, i) => {
+                        got.set(i);
+                        s.locked.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                    }
                     // This thread may not wait for a guard: try the indices below instead.
                     Slow::Spare(_) => false,
                 },
-                false,
+                true,
             );
             if matches!(path, Path::Fast(Outcome::Committed) | Path::Slow(true)) {
                 // The commit was a plain store: order the critical section after it.

@@ -304,7 +304,8 @@ impl<T, I: Index> Stack<T, I> {
     unsafe fn push_raw(&self, src: *const T) {
         let mut offered = 0usize;
         loop {
-            let path = retry::drive(
+            // (The inline attempt failed: in degraded mode go straight to the lock.)
+            let path = retry::drive_again(
                 &self.columns,
                 // SAFETY: column `at.index` is changed only by sections on that index and under
                 // its guard, and its chunks are freed only after one of those detaches them;
