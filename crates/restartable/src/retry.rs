@@ -205,6 +205,18 @@ fn run_cold<I: Index, T>(
     slow: impl FnOnce(&CpuStop) -> T,
     first: Option<isize>,
 ) -> Path<T> {
+    if thread::degraded() {
+        // The process-wide guard as a per-CPU lock, taken directly (as `drive_aborted` does).
+        let i = thread::degraded_index();
+        if let Some(g) = guard::global(i)
+            && let Some(stop) = g.lock_degraded(i)
+        {
+            let r = slow(&stop);
+            drop(stop);
+            count_slow_path();
+            return Path::Slow(r);
+        }
+    }
     let mut aborts = match fast_retries::<I>(first, |c| fast(c.index)) {
         Ok(o) => return Path::Fast(o),
         Err(n) => n,
