@@ -74,13 +74,11 @@ impl Order for Release {
 }
 
 /// Where a raw op on `index` runs: the published area (see [`cpu`](crate::current_cpu)) and the
-/// table of process-wide guard words (the section reads `index`'s after checking that the thread
-/// runs on `index`: an index past [`guard::MAX_CPUS`](crate::guard::MAX_CPUS) runs on no CPU, so
-/// its section aborts before that, and [`settle`] reports it). The index is compared as 32 bits,
-/// so it is cut to 32 bits here (free for the value [`current_index`] returns).
+/// table of process-wide guard words, which the section reads at `index` (so `raw!` first turns
+/// away an index past [`guard::MAX_CPUS`](crate::guard::MAX_CPUS): no CPU has one).
 #[inline(always)]
 fn at<I: Index>(index: usize) -> At {
-    At { area: thread::offset(I::MODE), index: index as u32 as usize, guard: guard::global_table() }
+    At { area: thread::offset(I::MODE), index, guard: guard::global_table() }
 }
 
 /// The calling thread's index for the next op in mode `I`, as cheaply as it can be read: for
@@ -127,7 +125,11 @@ fn settle<I: Index>(index: usize) -> Outcome {
 macro_rules! raw {
     ($mode:ty, $index:expr, |$at:ident| $section:expr) => {{
         let $at = at::<$mode>($index);
-        if <$mode as Index>::MM_CID && !thread::area_registered($at.area) {
+        if $index >= crate::guard::MAX_CPUS {
+            // No CPU has this index, and the section reads the guard table at it (nothing to
+            // check for an index from `current_index`, which is always below).
+            Outcome::Stopped
+        } else if <$mode as Index>::MM_CID && !thread::area_registered($at.area) {
             settle::<$mode>($index)
         } else {
             match $section {

@@ -3,7 +3,8 @@
 //!
 //! Each op is one `asm!` block: a descriptor in `__rseq_cs` (also listed in
 //! `__rseq_cs_ptr_array`), the `rseq_cs` store, the index check (`cpu_id` or `mm_cid`, chosen by
-//! the `F: Field` type parameter), the guard check, the op's body ending in a single commit
+//! the `F: Field` type parameter) and the guard check, made as one compare of that field with
+//! `guard word | index` (see `section!`), the op's body ending in a single commit
 //! instruction, and an abort handler in `__rseq_failure` preceded by the signature (encoded as
 //! `ud1`). Abort, stop and compare failure leave through `label` operands, and each of those
 //! exits is listed in `__rseq_exit_point_array` as a `(start_ip, exit_ip)` pair, so that
@@ -143,9 +144,13 @@ pub(crate) unsafe fn read_tp_cursor<F: Field>(offset: isize) -> u32 {
 #[inline(always)]
 pub(crate) unsafe fn read_tp_cursor_mergeable<F: Field>(offset: isize) -> usize {
     let v: usize;
-    // SAFETY: the caller's contract. A 32-bit load zero-extends into the whole register, so the
-    // value is below 2^32 (said to the compiler, which then needs no instruction to widen it or
-    // to cut it back to the 32 bits a section compares).
+    // SAFETY: the caller's contract. The value is below `MAX_CPUS` (said to the compiler, which
+    // then needs no instruction to widen it, cut it to 32 bits or check it against a table's
+    // length): the published area is the decoy (0 in both fields), an area of ours (0 until the
+    // kernel writes it) or glibc's, and the kernel keeps `cpu_id_start` a possible CPU number
+    // and `mm_cid` below the number of CPUs (uapi `rseq.h`), while fast paths, the only reason
+    // an area other than the decoy is published, run only where every possible CPU number is
+    // below `MAX_CPUS` (`thread::decide`). Every hot path already indexes per-CPU memory with it.
     unsafe {
         asm!(
             "mov {v:e}, dword ptr fs:[{o} + {f}]",
@@ -154,7 +159,7 @@ pub(crate) unsafe fn read_tp_cursor_mergeable<F: Field>(offset: isize) -> usize 
             v = out(reg) v,
             options(nostack, readonly, pure, preserves_flags),
         );
-        core::hint::assert_unchecked(v <= u32::MAX as usize);
+        core::hint::assert_unchecked(v < abi::MAX_CPUS);
     }
     v
 }
@@ -416,22 +421,82 @@ macro_rules! copy_bytes {
     };
 }
 
-/// One critical section on `$at` with the index field `$field`. `$check` is the guard check
-/// (only the benchmark-only unguarded op replaces it, with a comment naming the operands).
+/// One critical section on `$at` with the index field `$field`, checking the index and the guard
+/// word (`at.guard`, or the table entry `at.guard[at.index]` where `$field`'s `TABLE` is true) with
+/// one compare (the `@merged` arm; a section that finds its guard word elsewhere gives its own
+/// load of it). The `@checked` arms check the index alone and then run `$check` (only the
+/// benchmark-only unguarded op uses them, with a comment naming the operands).
 macro_rules! section {
     ($field:ty, $at:expr, [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
-        section!(@checked $field, $at, [
+        section!(@merged $field, $at, [
             ".if {table}",
-            "cmp dword ptr [{guard} + 4 * {index}], 0",
+            "mov {gword:e}, dword ptr [{guard} + 4 * {index}]",
             ".else",
-            "cmp dword ptr [{guard}], 0",
-            ".endif",
-            "jne {stopped}"
-        ], [$($body),*],
-            [guard = in(reg) $at.guard, table = const <$field as Field>::TABLE as u8, $($operands)*] [] [])
+            "mov {gword:e}, dword ptr [{guard}]",
+            ".endif"
+        ], [$($body),*], [guard = in(reg) $at.guard, table = const <$field as Field>::TABLE as u8, $($operands)*])
     };
     (@checked $field:ty, $at:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
         section!(@checked $field, $at, [$($check),*], [$($body),*], [guard = in(reg) $at.guard, $($operands)*] [] [])
+    };
+    // The index check and the guard check as one compare: `cpu_id` (or `mm_cid`) against
+    // `guard word | index`. A free word (0) leaves the index; a set one always has bit 30 or 31
+    // set and never bit 29 (the guard module's tokens), so `word | index` then equals no index a
+    // kernel writes (below `MAX_CPUS`) and neither -1 nor -2 (an unregistered area): the section
+    // goes on exactly when the thread runs on `index` and the word is free. A mismatch leaves
+    // the section for label 40, which tells the two apart outside it. `$load` puts the guard
+    // word in `gword`.
+    (@merged $field:ty, $at:expr, [$($load:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
+        inject_operand!(
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "7:",
+            ".long 0, 0",
+            ".quad 5f, (6f - 5f), 8f",
+            ".popsection",
+            ".pushsection __rseq_cs_ptr_array, \"awR\"",
+            ".quad 7b",
+            ".popsection",
+            "lea {cs}, [rip + 7b]",
+            "mov qword ptr fs:[{area} + {rseq_cs}], {cs}",
+            "5:",
+            point!(1),
+            $($load,)*
+            "or {gword:e}, {index:e}",
+            "cmp dword ptr fs:[{area} + {field}], {gword:e}",
+            "jne 40f",
+            point!(2),
+            point!(3),
+            $($body,)*
+            "6:",
+            ".pushsection __rseq_exit_point_array, \"awR\"",
+            ".quad 5b, {abort}",
+            ".quad 5b, {stopped}",
+            ".quad 5b, 40f",
+            ".popsection",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long {sig}",
+            "8:",
+            point!(6),
+            "jmp {abort}",
+            "40:",
+            "cmp dword ptr fs:[{area} + {field}], {index:e}",
+            "jne {abort}",
+            "jmp {stopped}",
+            ".popsection",
+            area = in(reg) $at.area,
+            index = in(reg) $at.index,
+            gword = out(reg) _,
+            field = const <$field as Field>::FIELD,
+            rseq_cs = const abi::OFFSET_RSEQ_CS,
+            sig = const abi::RSEQ_SIG,
+            cs = out(reg) _,
+            abort = label { return Outcome::Aborted },
+            stopped = label { return Outcome::Stopped },
+            $($operands)*
+            options(nostack),
+        )
     };
     // (With `[] []` after the operands: the caller declares every operand its check uses.)
     // `$prologue` runs before the descriptor store (outside the section), with `$more` operands.
@@ -488,7 +553,9 @@ macro_rules! section {
 //
 // # Safety
 // `at.area` is the offset of the calling thread's registered rseq area from its thread pointer,
-// and `F::FIELD` the offset of `cpu_id` or `mm_cid` in it; `at.guard` points to the guard word of `at.index` for the data; every other
+// and `F::FIELD` the offset of `cpu_id` or `mm_cid` in it; `at.index` is below `MAX_CPUS`;
+// `at.guard` points to the guard word of `at.index` for the data (or, where `F::TABLE`, to a table
+// of guard words with at least `MAX_CPUS` entries); every other
 // pointer is valid for the accesses the pseudo-code makes, and every location the section
 // stores to is accessed by others only atomically, or through critical sections on the same
 // index, or under that index's guard.
@@ -541,15 +608,13 @@ pub(crate) unsafe fn add_strided<F: Field, const VALUE: usize>(
 ) -> Outcome {
     // SAFETY: the contract above, for the slot at `base + offset`.
     unsafe {
-        section!(@checked F, at, [
-            "cmp dword ptr [{base} + {offset}], 0", "jne {stopped}"
-        ], [
+        section!(@merged F, at, ["mov {gword:e}, dword ptr [{base} + {offset}]"], [
             point!(4),
             point!(5),
             "add qword ptr [{base} + {offset} + {value}], {count}",
         ], [
             base = in(reg) base, offset = in(reg) offset, value = const VALUE, count = in(reg) count,
-        ] [] []);
+        ]);
     }
     Outcome::Committed
 }
@@ -569,9 +634,7 @@ pub(crate) unsafe fn add_strided_unless<F: Field, const VALUE: usize, const MASK
 ) -> Outcome {
     // SAFETY: the contract above, for the slot at `base + offset`; `flag` is readable.
     unsafe {
-        section!(@checked F, at, [
-            "cmp dword ptr [{base} + {offset}], 0", "jne {stopped}"
-        ], [
+        section!(@merged F, at, ["mov {gword:e}, dword ptr [{base} + {offset}]"], [
             "test dword ptr [{flag}], {mask}",
             "jnz {cmpfail}",
             exit_point!("cmpfail"),
@@ -581,7 +644,7 @@ pub(crate) unsafe fn add_strided_unless<F: Field, const VALUE: usize, const MASK
         ], [
             base = in(reg) base, offset = in(reg) offset, value = const VALUE, count = in(reg) count,
             flag = in(reg) flag, mask = const MASK, cmpfail = label { return Outcome::CompareFailed },
-        ] [] []);
+        ]);
     }
     Outcome::Committed
 }
