@@ -91,7 +91,7 @@ pub(crate) fn cursor<I: Index>() -> Option<Cursor> {
     // SAFETY: `OFFSET` always names a live area of the calling thread (the decoy, glibc's or ours).
     // (A read the compiler may merge with an earlier one: a cursor is read just before the
     // section that checks it, so a merged read is at worst a retry.)
-    let index = unsafe { arch::read_tp_cursor_mergeable::<I>(area) };
+    let index = unsafe { arch::read_tp_cursor::<I>(area) };
     if I::MM_CID && !thread::area_registered(area) {
         return None;
     }
@@ -151,7 +151,7 @@ pub fn current_mm_cid() -> Option<usize> {
         if thread::area_registered(area) {
             // SAFETY: `OFFSET` always names a live area of the calling thread. (A read of its
             // own, never merged with another: a caller may wait for the value to change.)
-            return Some(unsafe { arch::read_tp_cursor::<MmCid>(area) } as usize);
+            return Some(unsafe { arch::read_tp_u32::<{ abi::OFFSET_MM_CID }>(area) } as usize);
         }
     }
     area_field(abi::OFFSET_MM_CID)

@@ -98,7 +98,7 @@ pub fn current_index<I: Index>() -> usize {
         return crate::current_cpu() % crate::possible_cpus();
     }
     // SAFETY: `OFFSET` always names a live area of the calling thread.
-    unsafe { crate::arch::read_tp_cursor_mergeable::<I>(thread::offset(I::MODE)) }
+    unsafe { crate::arch::read_tp_cursor::<I>(thread::offset(I::MODE)) }
 }
 
 /// An aborted raw op: `Stopped` when it can never commit here (the process runs no fast path, the

@@ -10,8 +10,10 @@
 //! - `HAS_RSEQ`: whether it has critical sections;
 //! - `thread_pointer()`, `thread_block()`: the thread pointer and this thread's library block in
 //!   static TLS (the rseq area we register when glibc did not, and per-thread state);
-//! - `read_tp_u32::<FIELD>(offset)`: a `u32` at a thread-pointer-relative offset (the hot
-//!   path's index);
+//! - `read_tp_u32::<FIELD>(offset)`: a `u32` at a thread-pointer-relative offset, read once;
+//! - `read_tp_cursor::<F>(offset)`: the hot path's index, read so that the compiler may merge it
+//!   with an earlier read (and `read_word_mergeable(p)`, the published area offset, likewise), so
+//!   an index read and the section that checks it share one offset load;
 //! - `glibc_rseq()`: glibc's `__rseq_offset` / `__rseq_size`, through weak references;
 //! - `has_rdpid()`, `rdpid()`: the current CPU from an instruction, where the CPU has one;
 //! - the critical sections of the op set, each `unsafe fn op<F: Field>(at: At, ...) -> Outcome`

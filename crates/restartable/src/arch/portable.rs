@@ -30,15 +30,6 @@ pub(crate) unsafe fn read_tp_u32<const FIELD: usize>(_offset: isize) -> u32 {
     u32::MAX
 }
 
-/// Never called: without critical sections nothing reads the rseq area.
-///
-/// # Safety
-/// None needed.
-#[inline(always)]
-pub(crate) unsafe fn read_tp_cursor<F: Field>(_offset: isize) -> u32 {
-    u32::MAX
-}
-
 /// The word at `p`, with a relaxed atomic load.
 ///
 /// # Safety
@@ -54,7 +45,7 @@ pub(crate) unsafe fn read_word_mergeable(p: *const isize) -> isize {
 /// # Safety
 /// None needed.
 #[inline(always)]
-pub(crate) unsafe fn read_tp_cursor_mergeable<F: Field>(_offset: isize) -> usize {
+pub(crate) unsafe fn read_tp_cursor<F: Field>(_offset: isize) -> usize {
     u32::MAX as usize
 }
 

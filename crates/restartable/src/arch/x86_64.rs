@@ -114,35 +114,15 @@ pub(crate) unsafe fn read_word_mergeable(p: *const isize) -> isize {
 }
 
 /// The index field of mode `F` ([`Field::CURSOR`]) of the area at `offset` from the thread
-/// pointer, read once.
-///
-/// # Safety
-/// As [`read_tp_u32`], for that field.
-#[inline(always)]
-pub(crate) unsafe fn read_tp_cursor<F: Field>(offset: isize) -> u32 {
-    let v: u32;
-    // SAFETY: the caller's contract.
-    unsafe {
-        asm!(
-            "mov {v:e}, dword ptr fs:[{o} + {f}]",
-            o = in(reg) offset,
-            f = const F::CURSOR,
-            v = out(reg) v,
-            options(nostack, readonly, preserves_flags),
-        );
-    }
-    v
-}
-
-/// [`read_tp_cursor`], as a read the compiler may merge with an earlier one when no store came
+/// pointer, as a read the compiler may merge with an earlier one when no store came
 /// between them (and may move out of a loop that stores nothing): for an index read just before
 /// the section that re-checks it (a stale one costs a retry), so that the area offset read
 /// before it and the one the section uses can be one load.
 ///
 /// # Safety
-/// As [`read_tp_cursor`].
+/// As [`read_tp_u32`], for that field.
 #[inline(always)]
-pub(crate) unsafe fn read_tp_cursor_mergeable<F: Field>(offset: isize) -> usize {
+pub(crate) unsafe fn read_tp_cursor<F: Field>(offset: isize) -> usize {
     let v: usize;
     // SAFETY: the caller's contract. The value is below `MAX_CPUS` (said to the compiler, which
     // then needs no instruction to widen it, cut it to 32 bits or check it against a table's
@@ -423,12 +403,16 @@ macro_rules! copy_bytes {
 
 /// One critical section on `$at` with the index field `$field`, checking the index and the guard
 /// word (`at.guard`, or the table entry `at.guard[at.index]` where `$field`'s `TABLE` is true) with
-/// one compare (the `@merged` arm; a section that finds its guard word elsewhere gives its own
-/// load of it). The `@checked` arms check the index alone and then run `$check` (only the
-/// benchmark-only unguarded op uses them, with a comment naming the operands).
+/// one compare: `cpu_id` (or `mm_cid`) against `guard word | index`. A free word (0) leaves the
+/// index; a set one always has bit 30 or 31 set and never bit 29 (the guard module's tokens), so
+/// `word | index` then equals no index a kernel writes (below `MAX_CPUS`) and neither -1 nor -2
+/// (an unregistered area): the section goes on exactly when the thread runs on `index` and the
+/// word is free. A mismatch leaves the section for label 40, which tells the two apart outside
+/// it. A section that finds its guard word elsewhere gives its own load of it into `gword`
+/// (`@load`); the benchmark-only unguarded op checks the index alone (`@unguarded`).
 macro_rules! section {
     ($field:ty, $at:expr, [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
-        section!(@merged $field, $at, [
+        section!(@load $field, $at, [
             ".if {table}",
             "mov {gword:e}, dword ptr [{guard} + 4 * {index}]",
             ".else",
@@ -436,73 +420,34 @@ macro_rules! section {
             ".endif"
         ], [$($body),*], [guard = in(reg) $at.guard, table = const <$field as Field>::TABLE as u8, $($operands)*])
     };
-    (@checked $field:ty, $at:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
-        section!(@checked $field, $at, [$($check),*], [$($body),*], [guard = in(reg) $at.guard, $($operands)*] [] [])
-    };
-    // The index check and the guard check as one compare: `cpu_id` (or `mm_cid`) against
-    // `guard word | index`. A free word (0) leaves the index; a set one always has bit 30 or 31
-    // set and never bit 29 (the guard module's tokens), so `word | index` then equals no index a
-    // kernel writes (below `MAX_CPUS`) and neither -1 nor -2 (an unregistered area): the section
-    // goes on exactly when the thread runs on `index` and the word is free. A mismatch leaves
-    // the section for label 40, which tells the two apart outside it. `$load` puts the guard
-    // word in `gword`.
-    (@merged $field:ty, $at:expr, [$($load:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
-        inject_operand!(
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "7:",
-            ".long 0, 0",
-            ".quad 5f, (6f - 5f), 8f",
-            ".popsection",
-            ".pushsection __rseq_cs_ptr_array, \"awR\"",
-            ".quad 7b",
-            ".popsection",
-            "lea {cs}, [rip + 7b]",
-            "mov qword ptr fs:[{area} + {rseq_cs}], {cs}",
-            "5:",
-            point!(1),
+    (@load $field:ty, $at:expr, [$($load:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
+        section!(@core $field, $at, [
             $($load,)*
             "or {gword:e}, {index:e}",
             "cmp dword ptr fs:[{area} + {field}], {gword:e}",
-            "jne 40f",
-            point!(2),
-            point!(3),
-            $($body,)*
-            "6:",
-            ".pushsection __rseq_exit_point_array, \"awR\"",
-            ".quad 5b, {abort}",
-            ".quad 5b, {stopped}",
-            ".quad 5b, 40f",
-            ".popsection",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long {sig}",
-            "8:",
-            point!(6),
-            "jmp {abort}",
+            "jne 40f"
+        ], [$($body),*], [
             "40:",
             "cmp dword ptr fs:[{area} + {field}], {index:e}",
             "jne {abort}",
             "jmp {stopped}",
-            ".popsection",
-            area = in(reg) $at.area,
-            index = in(reg) $at.index,
-            gword = out(reg) _,
-            field = const <$field as Field>::FIELD,
-            rseq_cs = const abi::OFFSET_RSEQ_CS,
-            sig = const abi::RSEQ_SIG,
-            cs = out(reg) _,
-            abort = label { return Outcome::Aborted },
-            stopped = label { return Outcome::Stopped },
-            $($operands)*
-            options(nostack),
-        )
+            ".pushsection __rseq_exit_point_array, \"awR\"",
+            ".quad 5b, 40b",
+            ".popsection"
+        ], [gword = out(reg) _, $($operands)*])
     };
-    // (With `[] []` after the operands: the caller declares every operand its check uses.)
-    // `$prologue` runs before the descriptor store (outside the section), with `$more` operands.
-    (@checked $field:ty, $at:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*] [$($prologue:expr),* $(,)?] [$($more:tt)*]) => {
+    (@unguarded $field:ty, $at:expr, [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
+        section!(@core $field, $at, [
+            "cmp dword ptr fs:[{area} + {field}], {index:e}",
+            "jne {abort}",
+            "# unguarded: {stopped}"
+        ], [$($body),*], [], [$($operands)*])
+    };
+    // The descriptor, the `rseq_cs` store, `$check` (which leaves for `{abort}`, `{stopped}`
+    // or an exit `$tail` defines), the body, the abort handler after its signature, then `$tail`
+    // (out of line, in `__rseq_failure`).
+    (@core $field:ty, $at:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($tail:expr),*], [$($operands:tt)*]) => {
         inject_operand!(
-            $($prologue,)*
             ".pushsection __rseq_cs, \"aw\"",
             ".balign 32",
             "7:",
@@ -516,10 +461,8 @@ macro_rules! section {
             "mov qword ptr fs:[{area} + {rseq_cs}], {cs}",
             "5:",
             point!(1),
-            "cmp dword ptr fs:[{area} + {field}], {index:e}",
-            "jne {abort}",
-            point!(2),
             $($check,)*
+            point!(2),
             point!(3),
             $($body,)*
             "6:",
@@ -533,6 +476,7 @@ macro_rules! section {
             "8:",
             point!(6),
             "jmp {abort}",
+            $($tail,)*
             ".popsection",
             area = in(reg) $at.area,
             index = in(reg) $at.index,
@@ -543,7 +487,6 @@ macro_rules! section {
             abort = label { return Outcome::Aborted },
             stopped = label { return Outcome::Stopped },
             $($operands)*
-            $($more)*
             options(nostack),
         )
     };
@@ -608,7 +551,7 @@ pub(crate) unsafe fn add_strided<F: Field, const VALUE: usize>(
 ) -> Outcome {
     // SAFETY: the contract above, for the slot at `base + offset`.
     unsafe {
-        section!(@merged F, at, ["mov {gword:e}, dword ptr [{base} + {offset}]"], [
+        section!(@load F, at, ["mov {gword:e}, dword ptr [{base} + {offset}]"], [
             point!(4),
             point!(5),
             "add qword ptr [{base} + {offset} + {value}], {count}",
@@ -634,7 +577,7 @@ pub(crate) unsafe fn add_strided_unless<F: Field, const VALUE: usize, const MASK
 ) -> Outcome {
     // SAFETY: the contract above, for the slot at `base + offset`; `flag` is readable.
     unsafe {
-        section!(@merged F, at, ["mov {gword:e}, dword ptr [{base} + {offset}]"], [
+        section!(@load F, at, ["mov {gword:e}, dword ptr [{base} + {offset}]"], [
             "test dword ptr [{flag}], {mask}",
             "jnz {cmpfail}",
             exit_point!("cmpfail"),
@@ -1298,9 +1241,9 @@ pub(crate) unsafe fn cbne_memcpy_store<F: Field>(
 /// guard check costs, side by side. Never used by the library.
 #[inline(always)]
 pub(crate) unsafe fn add_unguarded<F: Field>(at: At, v: *mut usize, count: usize) -> Outcome {
-    // SAFETY: the contract above (the guard is named, not read).
+    // SAFETY: the contract above (no guard word is read).
     unsafe {
-        section!(@checked F, at, ["# unguarded: {guard} {stopped}"], [
+        section!(@unguarded F, at, [
             "add qword ptr [{v}], {count}",
         ], [
             v = in(reg) v, count = in(reg) count,
