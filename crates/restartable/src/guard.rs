@@ -364,6 +364,8 @@ fn stale(word: u32) -> bool {
 /// anywhere in between sees a guard held (and never waits for one).
 fn acquire(w: &AtomicU32, index: usize, nested: bool) -> Result<(), GuardError> {
     let me = token();
+    // The layout the sections' merged check relies on (see `HELD`).
+    debug_assert!(me & HELD != 0 && me & (1 << 29) == 0);
     let b = block();
     // Counted whether or not this is a nested call: `release` (and `fail`) always take it back.
     let was = held_add(&b.held, 1);
