@@ -57,9 +57,14 @@
 //!   and publishes it with one compare-exchange, a refill takes the last published one (the
 //!   blocks touched most recently) with one, whatever the batch size, and no thread ever waits
 //!   for another there (a thread preempted in the middle of a transfer stops nobody; a signal
-//!   handler nested in one uses the depot too). It holds at most [`DEPOT_CLASS_BYTES`] worth per
-//!   class ([`DEPOT_BYTES`] for all classes together); a flush that finds no empty magazine gives
-//!   its blocks back to the inner allocator.
+//!   handler nested in one uses the depot too). It holds at most [`DEPOT_CLASS_BYTES`] (4 MiB)
+//!   worth per class and [`DEPOT_BYTES`] (32 MiB) for all classes together; a flush that finds
+//!   no empty magazine or no budget left gives its blocks back to the inner allocator. The
+//!   bounds are large on purpose: a block handed back to an inner allocator such as glibc's,
+//!   freed on another thread and in another order than it was allocated, is seldom returned to
+//!   the system (glibc gives back only the top of a heap), while one kept here is used again; on
+//!   the benchmark of 256 threads each freeing 4 MiB, a 256 KiB bound per class left two to
+//!   three times the resident memory of this one. [`trim`](PerCpuAlloc::trim) empties it.
 //! - **Trimming.** [`trim_cpu`](PerCpuAlloc::trim_cpu) stops one CPU's cache through its guard
 //!   (the fence restarts any section in flight there), empties every class at once, and returns
 //!   the blocks to the inner allocator after releasing the guard; correct while that CPU
@@ -126,7 +131,7 @@ const CLASS_CACHE_BYTES: usize = 16 << 10;
 /// Bytes of each class one batch moves (before the clamp to 4..=32 blocks).
 const BATCH_BYTES: usize = 4 << 10;
 /// The most blocks of one class the depot keeps, in bytes.
-pub const DEPOT_CLASS_BYTES: usize = 256 << 10;
+pub const DEPOT_CLASS_BYTES: usize = 4 << 20;
 /// The largest batch.
 const MAX_BATCH: usize = 32;
 
@@ -172,8 +177,8 @@ pub const CPU_CACHE_BYTES: usize = {
     sum
 };
 
-/// The most bytes the depot holds.
-pub const DEPOT_BYTES: usize = DEPOT_CLASS_BYTES * NUM_CLASSES;
+/// The most bytes the depot holds, all classes together.
+pub const DEPOT_BYTES: usize = 32 << 20;
 
 /// All classes' capacities together (blocks per CPU).
 const TOTAL_CAPACITY: usize = {

@@ -7,9 +7,10 @@
 //! transfer is O(1) shared-memory operations whatever its size, takes no lock (a thread
 //! preempted in the middle of one stops nobody, a signal handler nested in one can use the depot
 //! itself), and a refill takes the batch the last flush produced (LIFO: the most recently
-//! touched blocks). A class holds at most [`DEPOT_CLASS_BYTES`] worth of magazines; a flush that
-//! finds none empty gives its blocks to the inner allocator instead (the bound that returns
-//! memory).
+//! touched blocks). A class holds at most [`DEPOT_CLASS_BYTES`] worth of magazines, and all
+//! classes together at most [`DEPOT_BYTES`] (a byte budget reserved before a magazine is
+//! filled); a flush that finds no empty magazine or no budget gives its blocks to the inner
+//! allocator instead (the bounds that return memory).
 //!
 //! Every stack head is one 64-bit word: the low 32 bits are the top magazine's index + 1 (0:
 //! empty), the upper 32 bits a tag that every successful push and pop increments, so a pop that
@@ -26,7 +27,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
-use super::{BATCH, CLASSES, DEPOT_CLASS_BYTES, NUM_CLASSES};
+use super::{BATCH, CLASSES, DEPOT_BYTES, DEPOT_CLASS_BYTES, NUM_CLASSES};
 
 /// Words of one magazine of class `k`: the link, the count, then the pointers.
 const MAG_WORDS: [usize; NUM_CLASSES] = {
@@ -97,6 +98,8 @@ struct Class {
 pub(super) struct Depot {
     /// The magazines (one anonymous mapping), or null before [`map`](Self::map).
     mem: AtomicPtr<AtomicUsize>,
+    /// Bytes of blocks held or reserved, all classes: at most [`DEPOT_BYTES`].
+    bytes: CachePadded<AtomicUsize>,
     classes: [CachePadded<Class>; NUM_CLASSES],
 }
 
@@ -104,6 +107,7 @@ impl Depot {
     pub(super) const fn new() -> Self {
         Depot {
             mem: AtomicPtr::new(ptr::null_mut()),
+            bytes: CachePadded::new(AtomicUsize::new(0)),
             classes: [const {
                 CachePadded::new(Class {
                     full: AtomicU64::new(0),
@@ -219,9 +223,14 @@ impl Depot {
         let c = &self.classes[k];
         let mut done = 0;
         while done < src.len() {
-            let Some(i) = self.take_empty(k) else { break };
-            let Some(mag) = self.magazine(k, i) else { break };
             let m = (src.len() - done).min(BATCH[k]);
+            if !self.reserve(m * CLASSES[k]) {
+                break;
+            }
+            let Some((i, mag)) = self.take_empty(k).and_then(|i| Some((i, self.magazine(k, i)?))) else {
+                self.bytes.fetch_sub(m * CLASSES[k], Ordering::Relaxed);
+                break;
+            };
             // Magazine `i` is ours alone until published below.
             for (w, &p) in mag[2..2 + m].iter().zip(&src[done..done + m]) {
                 w.store(p, Ordering::Relaxed);
@@ -251,7 +260,29 @@ impl Depot {
         }
         c.len.fetch_sub(n, Ordering::Relaxed);
         self.push_on(&c.empty, k, i);
+        self.bytes.fetch_sub(n * CLASSES[k], Ordering::Relaxed);
         n
+    }
+
+    /// Reserve `b` bytes of the budget; false (nothing reserved) when it would pass
+    /// [`DEPOT_BYTES`].
+    fn reserve(&self, b: usize) -> bool {
+        let mut cur = self.bytes.load(Ordering::Relaxed);
+        loop {
+            if cur + b > DEPOT_BYTES {
+                return false;
+            }
+            match self.bytes.compare_exchange_weak(cur, cur + b, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Bytes held by all classes (reserved included).
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Blocks of class `k` held (at least as many as are: see [`Class::len`]).
@@ -311,6 +342,23 @@ mod tests {
             held.push(buf[n - 1]);
             assert_conserved(&d, k, held, &all);
         }
+        assert_eq!(d.bytes(), 0);
+        // The budget across classes: fill every class from the largest down until it is hit.
+        let mut held = Vec::new();
+        let mut all = Vec::new();
+        for k in (0..NUM_CLASSES).rev() {
+            let t = tokens(100 + k, MAGAZINES[k] * BATCH[k]);
+            let took = d.push(k, &t);
+            assert!(d.bytes() <= DEPOT_BYTES, "over the budget: {}", d.bytes());
+            held.push((k, t[took..].to_vec()));
+            all.push((k, t));
+        }
+        assert!(d.bytes() > DEPOT_BYTES - BATCH[0] * CLASSES[NUM_CLASSES - 1], "the budget was used: {}", d.bytes());
+        assert!(held.iter().any(|(_, h)| !h.is_empty()), "the budget refused some");
+        for ((k, h), (_, t)) in held.into_iter().zip(all) {
+            assert_conserved(&d, k, h, &t);
+        }
+        assert_eq!(d.bytes(), 0);
         // SAFETY: nothing uses `d` any more.
         unsafe { d.unmap() };
     }
