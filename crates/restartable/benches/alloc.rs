@@ -23,8 +23,9 @@
 //!    of its lane, which frees those: seconds in all.
 //! 4. `rss`: 256 threads (as many at once as the thread count) each allocate 4 MiB of small
 //!    objects (16 .. 1024 bytes), free them all and exit; then the process's resident memory
-//!    above what it had before the first thread: MiB. (With `ALLOC_BENCH_TRIM=1` a
-//!    `PerCpuAlloc<System>` child also prints its statistics and the figure after `trim()`.)
+//!    above what it had before the first thread: MiB, and (table 4b) the seconds the threads
+//!    took. (With `ALLOC_BENCH_TRIM=1` a `PerCpuAlloc<System>` child also prints its statistics
+//!    and the figure after `trim()`.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -298,10 +299,12 @@ fn rss() -> usize {
     pages * 4096
 }
 
-fn rss_after_threads(threads: usize, _scale: f64) -> f64 {
+/// Resident MiB after the threads, and the seconds they took.
+fn rss_after_threads(threads: usize, _scale: f64) -> (f64, f64) {
     const THREADS: usize = 256;
     const BYTES: usize = 4 << 20;
     let before = rss();
+    let start = Instant::now();
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -331,6 +334,7 @@ fn rss_after_threads(threads: usize, _scale: f64) -> f64 {
             });
         }
     });
+    let secs = start.elapsed().as_secs_f64();
     let after = rss().saturating_sub(before) as f64 / (1 << 20) as f64;
     if std::env::var_os("ALLOC_BENCH_TRIM").is_some() {
         let s = PERCPU.stats();
@@ -344,7 +348,7 @@ fn rss_after_threads(threads: usize, _scale: f64) -> f64 {
         PERCPU.trim();
         eprintln!("after trim: {:.1} MiB", rss().saturating_sub(before) as f64 / (1 << 20) as f64);
     }
-    after
+    (after, secs)
 }
 
 fn child(cell: &str) {
@@ -355,7 +359,11 @@ fn child(cell: &str) {
         Workload::Pairs => pairs(threads, scale),
         Workload::Channel => channel(threads, scale),
         Workload::Churn => churn(threads, scale),
-        Workload::Rss => rss_after_threads(threads, scale),
+        Workload::Rss => {
+            let (mib, secs) = rss_after_threads(threads, scale);
+            println!("TIME {secs}");
+            mib
+        }
     };
     println!("RESULT {v}");
 }
@@ -363,7 +371,8 @@ fn child(cell: &str) {
 // ---------------------------------------------------------------------------------------------
 // The parent.
 
-fn measure(allocator: &str, w: Workload, threads: usize, scale: f64) -> f64 {
+/// The child's result, and its `TIME` line if it printed one.
+fn measure(allocator: &str, w: Workload, threads: usize, scale: f64) -> (f64, Option<f64>) {
     let out = Command::new(std::env::current_exe().unwrap())
         .env("ALLOC_BENCH_ALLOCATOR", allocator)
         .env("ALLOC_BENCH_CELL", format!("{}:{threads}:{scale}", w.key()))
@@ -371,7 +380,8 @@ fn measure(allocator: &str, w: Workload, threads: usize, scale: f64) -> f64 {
         .expect("re-run the bench binary");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{allocator} {}: {text}{}", w.key(), String::from_utf8_lossy(&out.stderr));
-    text.lines().find_map(|l| l.strip_prefix("RESULT ")).and_then(|v| v.parse().ok()).expect("a result")
+    let line = |p: &str| text.lines().find_map(|l| l.strip_prefix(p)).and_then(|v| v.parse().ok());
+    (line("RESULT ").expect("a result"), line("TIME "))
 }
 
 fn cpu_name() -> String {
@@ -398,13 +408,18 @@ fn main() {
     let counts = [1, 2 * cpus, 4 * cpus];
     println!("PerCpuAlloc benchmark on {}; median of {reps} runs, one process per measurement", cpu_name());
 
-    // results[w][t][a] = the runs.
+    // results[w][t][a] = the runs; times[t][a] = the rss workload's seconds.
     let mut results = vec![vec![vec![Vec::new(); ALLOCATORS.len()]; counts.len()]; WORKLOADS.len()];
+    let mut times = vec![vec![Vec::new(); ALLOCATORS.len()]; counts.len()];
     for _ in 0..reps {
         for (wi, &w) in WORKLOADS.iter().enumerate() {
             for (ti, &t) in counts.iter().enumerate() {
                 for &a in &allocators {
-                    results[wi][ti][a].push(measure(ALLOCATORS[a], w, t, scale));
+                    let (v, secs) = measure(ALLOCATORS[a], w, t, scale);
+                    results[wi][ti][a].push(v);
+                    if let Some(secs) = secs {
+                        times[ti][a].push(secs);
+                    }
                 }
             }
         }
@@ -414,8 +429,8 @@ fn main() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    for (wi, &w) in WORKLOADS.iter().enumerate() {
-        println!("\n{}", w.title());
+    let table = |title: &str, data: &Vec<Vec<Vec<f64>>>, higher_is_better: bool| {
+        println!("\n{title}");
         print!("| threads |");
         for &a in &allocators {
             print!(" {} |", ALLOCATOR_NAMES[a]);
@@ -429,14 +444,20 @@ fn main() {
         for (ti, &t) in counts.iter().enumerate() {
             print!("| {t} |");
             let m: Vec<f64> = (0..ALLOCATORS.len())
-                .map(|a| if results[wi][ti][a].is_empty() { f64::NAN } else { median(&results[wi][ti][a]) })
+                .map(|a| if data[ti][a].is_empty() { f64::NAN } else { median(&data[ti][a]) })
                 .collect();
             for &a in &allocators {
                 print!(" {:.3} |", m[a]);
             }
             // "x faster" (or, for memory, "x less"): > 1 means PerCpuAlloc<System> wins.
-            let ratio = |other: f64| if w.higher_is_better() { m[2] / other } else { other / m[2] };
+            let ratio = |other: f64| if higher_is_better { m[2] / other } else { other / m[2] };
             println!(" {:.2}x | {:.2}x |", ratio(m[0]), ratio(m[1]));
+        }
+    };
+    for (wi, &w) in WORKLOADS.iter().enumerate() {
+        table(w.title(), &results[wi], w.higher_is_better());
+        if w == Workload::Rss {
+            table("4b. time of the resident-memory workload (s, lower is better)", &times, false);
         }
     }
     println!("\n(ratio columns: how many times better PerCpuAlloc<System> is; > 1 is a win)");

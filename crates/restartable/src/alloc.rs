@@ -52,11 +52,19 @@
 //! - **Depot.** A miss moves a batch ([`BATCH`]`[k]` blocks, 4 KiB worth, 4 to 32) from the
 //!   shared depot into the CPU's cache in one section (`cbne_memcpy_store`), or, when the depot is
 //!   empty, gets the batch from the inner allocator; a free that finds its cache full moves a
-//!   batch out in one section and hands it to the depot. The depot keeps, per class, a stack of
-//!   pointers (at most [`DEPOT_CLASS_BYTES`] worth; [`DEPOT_BYTES`] for all classes together)
-//!   behind its own lock, and returns whatever exceeds that bound to the inner allocator. Its
-//!   lock is held only to copy pointers, never while calling the inner allocator or waiting for a
-//!   guard.
+//!   batch out in one section and hands it to the depot. The depot keeps, per class, magazines
+//!   of one batch each on two lock-free stacks (full, empty): a flush fills an empty magazine
+//!   and publishes it with one compare-exchange, a refill takes the last published one (the
+//!   blocks touched most recently) with one, whatever the batch size, and no thread ever waits
+//!   for another there (a thread preempted in the middle of a transfer stops nobody; a signal
+//!   handler nested in one uses the depot too). It holds at most [`DEPOT_CLASS_BYTES`] (4 MiB)
+//!   worth per class and [`DEPOT_BYTES`] (32 MiB) for all classes together; a flush that finds
+//!   no empty magazine or no budget left gives its blocks back to the inner allocator. The
+//!   bounds are large on purpose: a block handed back to an inner allocator such as glibc's,
+//!   freed on another thread and in another order than it was allocated, is seldom returned to
+//!   the system (glibc gives back only the top of a heap), while one kept here is used again; on
+//!   the benchmark of 256 threads each freeing 4 MiB, a 256 KiB bound per class left two to
+//!   three times the resident memory of this one. [`trim`](PerCpuAlloc::trim) empties it.
 //! - **Trimming.** [`trim_cpu`](PerCpuAlloc::trim_cpu) stops one CPU's cache through its guard
 //!   (the fence restarts any section in flight there), empties every class at once, and returns
 //!   the blocks to the inner allocator after releasing the guard; correct while that CPU
@@ -72,18 +80,19 @@
 //!   of every thread can run it inside the allocator; a nested first use takes the slow path.
 //! - **Nesting.** A call made while the thread holds a guard (a [`Stop`](crate::guard::Stop) of
 //!   its own, or a signal handler that interrupted a slow path) never waits for one: the cache
-//!   answers "unreachable" and the depot or the inner allocator serves it. A call nested inside
-//!   this allocator's depot lock on the same thread uses the inner allocator, and so does one
-//!   nested inside a batch refill from the inner allocator (an inner allocator that calls back
-//!   into this one would otherwise start a refill of its own, and so on without end). The allocator is
-//!   still only as async-signal-safe as its inner allocator (glibc's `malloc` is not).
+//!   answers "unreachable" and the depot or the inner allocator serves it. The depot takes no
+//!   lock, so a call nested anywhere in it (a signal handler) uses it as any other call does. A
+//!   call nested inside a batch refill from the inner allocator uses the inner allocator (an inner
+//!   allocator that calls back into this one would otherwise start a refill of its own, and so
+//!   on without end). The allocator is still only as async-signal-safe as its inner allocator
+//!   (glibc's `malloc` is not).
 //! - **Threads.** Nothing is per thread: a thread that exits leaves its freed blocks in the
 //!   caches of the CPUs it ran on, where the next thread on that CPU uses them.
-//! - **`fork`.** Caches are per CPU and sections are atomic; a guard or the depot lock held by a
-//!   thread that does not exist in the child is free there (it names its owner's fork
-//!   generation), and every update they protect is committed by its last store, so the child
-//!   finds consistent caches and depot (a batch that the absent thread was moving is leaked in
-//!   the child, never handed out twice).
+//! - **`fork`.** Caches are per CPU and sections are atomic; a guard held by a thread that does
+//!   not exist in the child is free there (it names its owner's fork generation), every update
+//!   it protects is committed by its last store, and every depot operation commits with one
+//!   compare-exchange, so the child finds consistent caches and depot (a batch that the absent
+//!   thread was moving is leaked in the child, never handed out twice).
 //! - **Modes.** In degraded mode (no rseq, valgrind, `RESTARTABLE_FORCE_DEGRADED=1`) the guard is
 //!   a per-CPU lock and every operation takes it: correct, slower.
 
@@ -104,6 +113,9 @@ use crate::pool::Block;
 use crate::retry::{self, Path, Slow};
 use crate::thread;
 
+mod depot;
+use depot::Depot;
+
 /// The largest request served from the per-CPU caches.
 pub const MAX_SMALL: usize = 1024;
 /// The largest alignment served from the per-CPU caches (glibc's `malloc` alignment).
@@ -119,7 +131,7 @@ const CLASS_CACHE_BYTES: usize = 16 << 10;
 /// Bytes of each class one batch moves (before the clamp to 4..=32 blocks).
 const BATCH_BYTES: usize = 4 << 10;
 /// The most blocks of one class the depot keeps, in bytes.
-pub const DEPOT_CLASS_BYTES: usize = 256 << 10;
+pub const DEPOT_CLASS_BYTES: usize = 4 << 20;
 /// The largest batch.
 const MAX_BATCH: usize = 32;
 
@@ -155,17 +167,6 @@ pub const BATCH: [usize; NUM_CLASSES] = {
     c
 };
 
-/// Blocks of each class the depot holds at most.
-const DEPOT_CAPACITY: [usize; NUM_CLASSES] = {
-    let mut c = [0; NUM_CLASSES];
-    let mut k = 0;
-    while k < NUM_CLASSES {
-        c[k] = DEPOT_CLASS_BYTES / CLASSES[k];
-        k += 1;
-    }
-    c
-};
-
 /// The most bytes one CPU's cache holds.
 pub const CPU_CACHE_BYTES: usize = {
     let (mut sum, mut k) = (0, 0);
@@ -176,8 +177,8 @@ pub const CPU_CACHE_BYTES: usize = {
     sum
 };
 
-/// The most bytes the depot holds.
-pub const DEPOT_BYTES: usize = DEPOT_CLASS_BYTES * NUM_CLASSES;
+/// The most bytes the depot holds, all classes together.
+pub const DEPOT_BYTES: usize = 32 << 20;
 
 /// All classes' capacities together (blocks per CPU).
 const TOTAL_CAPACITY: usize = {
@@ -200,21 +201,6 @@ const RING: [usize; NUM_CLASSES] = {
     }
     off
 };
-
-/// Per class: the word offset of its stack in the depot's mapping.
-const DEPOT_AT: [usize; NUM_CLASSES] = {
-    let mut off = [0; NUM_CLASSES];
-    let (mut at, mut k) = (0, 0);
-    while k < NUM_CLASSES {
-        off[k] = at;
-        at += DEPOT_CAPACITY[k];
-        k += 1;
-    }
-    off
-};
-
-/// Bytes of the depot's mapping.
-const DEPOT_MAP: usize = (DEPOT_AT[NUM_CLASSES - 1] + DEPOT_CAPACITY[NUM_CLASSES - 1]) * 8;
 
 /// The class of every size rounded up to 16, indexed by `(size + 15) / 16`.
 const CLASS_OF: [u8; MAX_SMALL / 16 + 1] = {
@@ -531,73 +517,6 @@ impl Caches {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The depot's lock.
-
-/// Set in a lock word when a thread may sleep on it.
-const WAITERS: u32 = 1 << 31;
-/// Compare-exchange attempts before sleeping.
-const SPINS: u32 = 100;
-
-/// A lock that names its owner (thread and fork generation, as guard words do): never
-/// allocates, reports a nested acquisition on the owning thread instead of deadlocking, and is
-/// free in a forked child when its owner was another thread of the parent.
-struct Lock(AtomicU32);
-
-/// A held [`Lock`].
-struct Held<'a>(&'a AtomicU32);
-
-impl Lock {
-    const fn new() -> Self {
-        Lock(AtomicU32::new(0))
-    }
-
-    /// Take the lock, waiting for another thread if needed; `None` when the calling thread holds
-    /// it already (a signal handler that interrupted it).
-    fn lock(&self) -> Option<Held<'_>> {
-        let w = &self.0;
-        let me = guard::owner_token();
-        let take = |cur: u32, new: u32| w.compare_exchange(cur, new, Ordering::Acquire, Ordering::Relaxed).is_ok();
-        for _ in 0..SPINS {
-            let cur = w.load(Ordering::Relaxed);
-            if (cur == 0 && take(0, me)) || (guard::stale_owner(cur) && take(cur, me | (cur & WAITERS))) {
-                return Some(Held(w));
-            }
-            if cur & !WAITERS == me {
-                return None;
-            }
-            core::hint::spin_loop();
-        }
-        loop {
-            let old = w.fetch_or(WAITERS, Ordering::Acquire);
-            if old == 0 || (guard::stale_owner(old) && take(old | WAITERS, me | WAITERS)) {
-                w.store(me | WAITERS, Ordering::Relaxed);
-                return Some(Held(w));
-            }
-            if old & !WAITERS == me {
-                return None;
-            }
-            // EAGAIN (the word changed) and EINTR both mean: look again.
-            let _ = rustix::thread::futex::wait(w, rustix::thread::futex::Flags::PRIVATE, old | WAITERS, None);
-        }
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        if self.0.swap(0, Ordering::Release) & WAITERS != 0 {
-            let _ = rustix::thread::futex::wake(self.0, rustix::thread::futex::Flags::PRIVATE, 1);
-        }
-    }
-}
-
-/// One class of the depot: a stack of pointers in the depot's mapping.
-struct DepotClass {
-    lock: Lock,
-    /// Pointers held (changed only under the lock; read anywhere for statistics).
-    len: AtomicUsize,
-}
-
-// ---------------------------------------------------------------------------------------------
 // The allocator.
 
 /// Per-CPU caches of small blocks in front of the allocator `A` (see the [module](self) docs).
@@ -608,11 +527,9 @@ struct DepotClass {
 pub struct PerCpuAlloc<A: GlobalAlloc = System> {
     /// Index 0's slot of the caches block, or null before the first use.
     caches: AtomicPtr<Slot<Head>>,
-    /// The depot's stacks (one anonymous mapping), or null before the first use.
-    depot_mem: AtomicPtr<AtomicUsize>,
     /// `UNINIT`, `READY`, `FAILED`, or `OWNER | token` of the thread making the caches.
     state: AtomicU32,
-    depot: [CachePadded<DepotClass>; NUM_CLASSES],
+    depot: Depot,
     /// Small blocks the inner allocator made and took back (each block counted once).
     from_inner: CachePadded<AtomicU64>,
     to_inner: CachePadded<AtomicU64>,
@@ -631,10 +548,8 @@ impl<A: GlobalAlloc> PerCpuAlloc<A> {
     pub const fn new(inner: A) -> Self {
         PerCpuAlloc {
             caches: AtomicPtr::new(ptr::null_mut()),
-            depot_mem: AtomicPtr::new(ptr::null_mut()),
             state: AtomicU32::new(UNINIT),
-            depot: [const { CachePadded::new(DepotClass { lock: Lock::new(), len: AtomicUsize::new(0) }) };
-                NUM_CLASSES],
+            depot: Depot::new(),
             from_inner: CachePadded::new(AtomicU64::new(0)),
             to_inner: CachePadded::new(AtomicU64::new(0)),
             direct: CachePadded::new(AtomicU64::new(0)),
@@ -698,80 +613,31 @@ impl<A: GlobalAlloc> PerCpuAlloc<A> {
     /// Make the depot's mapping and the caches block (neither allocates through the global
     /// allocator).
     fn make(&self) -> Result<(), Option<crate::pool::PoolError>> {
-        // SAFETY: a new private anonymous mapping; no existing memory is affected.
-        let depot = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                DEPOT_MAP,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if depot == libc::MAP_FAILED {
+        if !self.depot.map() {
             return Err(None);
         }
         let block = match Block::new(caches_layout()) {
             Ok(b) => b,
             Err(e) => {
-                // SAFETY: the mapping made above, unused.
-                unsafe { libc::munmap(depot, DEPOT_MAP) };
+                // SAFETY: the mapping made above, unused (the caches are not published).
+                unsafe { self.depot.unmap() };
                 return Err(Some(e));
             }
         };
-        self.depot_mem.store(depot.cast(), Ordering::Release);
         self.caches.store(block.into_raw().as_ptr().cast(), Ordering::Release);
         Ok(())
     }
 
-    /// Class `k`'s stack in the depot.
-    ///
-    /// # Safety
-    /// The depot's mapping exists (the caches were made).
-    unsafe fn depot_slot(&self, k: usize, i: usize) -> &AtomicUsize {
-        // SAFETY: `DEPOT_AT[k] + i` is inside the mapping for `i < DEPOT_CAPACITY[k]`.
-        unsafe { &*self.depot_mem.load(Ordering::Acquire).add(DEPOT_AT[k] + i) }
-    }
-
-    /// Move up to `dst.len()` blocks of class `k` from the depot to `dst`; how many. 0 when the
-    /// depot is empty or the calling thread holds its lock already (a nested call).
+    /// Move one batch of class `k` from the depot to `dst` (at least [`BATCH`]`[k]` long); how
+    /// many (0 when the depot has none of the class).
+    #[inline]
     fn depot_pop(&self, k: usize, dst: &mut [usize]) -> usize {
-        let d = &self.depot[k];
-        if d.len.load(Ordering::Relaxed) == 0 {
-            return 0;
-        }
-        let Some(_held) = d.lock.lock() else { return 0 };
-        let len = d.len.load(Ordering::Relaxed);
-        let m = dst.len().min(len);
-        for (i, slot) in dst[..m].iter_mut().enumerate() {
-            // SAFETY: the caches were made (the caller has them); under the lock; `len - m + i`
-            // is below the class's depot capacity.
-            *slot = unsafe { self.depot_slot(k, len - m + i) }.load(Ordering::Relaxed);
-        }
-        // The commit: an owner lost to `fork` before this store leaves the stack as it was.
-        d.len.store(len - m, Ordering::Relaxed);
-        m
-    }
-
-    /// Move as many of `src` (class `k`) as the depot's bound allows into it, the first ones;
-    /// how many.
-    fn depot_push(&self, k: usize, src: &[usize]) -> usize {
-        let d = &self.depot[k];
-        let Some(_held) = d.lock.lock() else { return 0 };
-        let len = d.len.load(Ordering::Relaxed);
-        let m = src.len().min(DEPOT_CAPACITY[k] - len);
-        for (i, &p) in src[..m].iter().enumerate() {
-            // SAFETY: the caches were made; under the lock; `len + i` is below the capacity.
-            unsafe { self.depot_slot(k, len + i) }.store(p, Ordering::Relaxed);
-        }
-        d.len.store(len + m, Ordering::Relaxed);
-        m
+        self.depot.pop(k, dst)
     }
 
     /// Give blocks of class `k` to the depot, and what it has no room for to the inner allocator.
     fn give_back(&self, k: usize, blocks: &[usize]) {
-        let m = self.depot_push(k, blocks);
+        let m = self.depot.push(k, blocks);
         self.free_to_inner(k, &blocks[m..]);
     }
 
@@ -946,7 +812,7 @@ impl<A: GlobalAlloc> PerCpuAlloc<A> {
             direct: self.direct.load(Ordering::Relaxed),
         };
         let Some(c) = self.caches() else { return s };
-        s.depot_bytes = (0..NUM_CLASSES).map(|k| self.depot[k].len.load(Ordering::Relaxed) * CLASSES[k]).sum();
+        s.depot_bytes = (0..NUM_CLASSES).map(|k| self.depot.len(k) * CLASSES[k]).sum();
         let limit = thread::limit();
         s.cpus.reserve(limit);
         for cpu in 0..limit {
@@ -974,8 +840,8 @@ impl<A: GlobalAlloc> PerCpuAlloc<A> {
 
 // SAFETY: every block handed out is valid for its layout: small ones are inner allocations of
 // their class's layout (size >= the request, alignment 16 >= the request's), handed to one owner
-// at a time (a pointer leaves a cache or the depot in exactly one committed section or one
-// locked pop), large ones the inner allocator's own for the caller's layout. `dealloc` and
+// at a time (a pointer leaves a cache in exactly one committed section, the depot with exactly
+// one magazine pop), large ones the inner allocator's own for the caller's layout. `dealloc` and
 // `realloc` recompute the path from the same layout, so every block goes back where it came
 // from. Nothing panics.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for PerCpuAlloc<A> {
@@ -1072,19 +938,24 @@ impl<A: GlobalAlloc> Drop for PerCpuAlloc<A> {
                 }
             }
         }
+        let mut buf = [0usize; MAX_BATCH];
         for k in 0..NUM_CLASSES {
-            for i in 0..self.depot[k].len.load(Ordering::Relaxed) {
-                // SAFETY: the depot's published pointers, each freed once.
-                unsafe {
-                    self.inner.dealloc(self.depot_slot(k, i).load(Ordering::Relaxed) as *mut u8, class_layout(k))
-                };
+            loop {
+                let n = self.depot_pop(k, &mut buf);
+                if n == 0 {
+                    break;
+                }
+                for &p in &buf[..n] {
+                    // SAFETY: the depot's blocks, each freed once (it left the depot).
+                    unsafe { self.inner.dealloc(p as *mut u8, class_layout(k)) };
+                }
             }
         }
-        // SAFETY: the block came from `Block::into_raw` with this layout and the mapping from
-        // `make`; neither is used again.
+        // SAFETY: the block came from `Block::into_raw` with this layout; neither it nor the
+        // depot is used again (`&mut self`).
         unsafe {
             drop(Block::from_raw(c.first.cast(), caches_layout()));
-            libc::munmap(self.depot_mem.load(Ordering::Relaxed).cast(), DEPOT_MAP);
+            self.depot.unmap();
         }
     }
 }
@@ -1118,8 +989,8 @@ pub struct Stats {
     /// Small blocks given back to the inner allocator.
     pub to_inner: u64,
     /// Small requests (allocations and frees) served by the inner allocator directly, because no
-    /// cache was in reach: during the caches' first making, nested inside the depot's lock, or
-    /// made by an inner allocator that calls back into this one while it fills a batch.
+    /// cache was in reach: during the caches' first making, or made by an inner allocator that
+    /// calls back into this one while it fills a batch.
     pub direct: u64,
 }
 

@@ -12,7 +12,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -399,6 +399,120 @@ fn a_dropped_instance_gives_everything_back() {
     assert!(INNER_ALLOCS.load(SeqCst) > INNER_FREES.load(SeqCst));
     drop(a);
     assert_eq!(INNER_ALLOCS.load(SeqCst), INNER_FREES.load(SeqCst), "a dropped allocator gives every block back");
+}
+
+static LEDGER_BLOCKS: AtomicI64 = AtomicI64::new(0);
+static LEDGER_BYTES: AtomicI64 = AtomicI64::new(0);
+
+/// Forwards to System, keeping the live blocks and bytes it handed out.
+struct Ledger;
+
+// SAFETY: forwards to System with the caller's arguments.
+unsafe impl GlobalAlloc for Ledger {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: forwarded.
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            LEDGER_BLOCKS.fetch_add(1, SeqCst);
+            LEDGER_BYTES.fetch_add(l.size() as i64, SeqCst);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LEDGER_BLOCKS.fetch_sub(1, SeqCst);
+        LEDGER_BYTES.fetch_sub(l.size() as i64, SeqCst);
+        // SAFETY: forwarded.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+/// Many threads allocate, hand blocks to each other and free them while another thread trims
+/// every CPU and the depot all the time. Every block carries its owner's pattern (a block handed
+/// out twice is overwritten by its second owner and caught when the first frees it; a live-address
+/// set catches it at once), and at the end the inner allocator's live bytes are exactly what the
+/// caches and the depot report holding (a lost block would leave them above it, a block freed
+/// twice below), then exactly zero after `trim`.
+#[test]
+fn blocks_and_bytes_are_conserved_while_trimming_under_many_threads() {
+    static A: PerCpuAlloc<Ledger> = PerCpuAlloc::new(Ledger);
+    let live: Mutex<HashSet<usize>> = Mutex::new(HashSet::new());
+    let pile: Mutex<Vec<(usize, Layout, u8)>> = Mutex::new(Vec::new());
+    let done = AtomicBool::new(false);
+    let trims = AtomicUsize::new(0);
+    let dur = soak().unwrap_or(Duration::from_millis(400));
+    // Every block is allocated from A with its layout, written within its size, and freed once
+    // with that layout by its one owner.
+    let alloc = |l: Layout, tag: u8| -> (usize, Layout, u8) {
+        // SAFETY: a non-zero size.
+        let p = unsafe { A.alloc(l) };
+        assert!(!p.is_null());
+        assert!(live.lock().unwrap().insert(p as usize), "block {p:p} handed out while live");
+        // SAFETY: `p` is valid for `l.size()` bytes, and ours.
+        unsafe { p.write_bytes(tag, l.size()) };
+        (p as usize, l, tag)
+    };
+    let free = |(p, l, tag): (usize, Layout, u8)| {
+        // SAFETY: a live block of ours, written in full when allocated.
+        let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, l.size()) };
+        assert!(bytes.iter().all(|&b| b == tag), "block {p:#x} ({l:?}) written by another owner");
+        assert!(live.lock().unwrap().remove(&p));
+        // SAFETY: allocated from A with `l`, freed once (its owner gave it up).
+        unsafe { A.dealloc(p as *mut u8, l) };
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Relaxed) {
+                for cpu in 0..restartable::possible_cpus() {
+                    let _ = A.trim_cpu(cpu);
+                }
+                if trims.fetch_add(1, Relaxed).is_multiple_of(4) {
+                    A.trim();
+                }
+                std::thread::yield_now();
+            }
+        });
+        let workers: Vec<_> = (0..8u64)
+            .map(|t| {
+                let (alloc, free, pile) = (&alloc, &free, &pile);
+                s.spawn(move || {
+                    let mut rng = Rng::new(500 + t);
+                    let mut mine = Vec::new();
+                    let start = Instant::now();
+                    while start.elapsed() < dur {
+                        for _ in 0..64 {
+                            match rng.below(8) {
+                                0..=3 => {
+                                    let size =
+                                        if rng.below(16) == 0 { 1025 + rng.below(3000) } else { 1 + rng.below(1024) };
+                                    let l = Layout::from_size_align(size as usize, 1 << rng.below(5)).unwrap();
+                                    mine.push(alloc(l, rng.next() as u8));
+                                }
+                                4 | 5 if !mine.is_empty() => {
+                                    free(mine.swap_remove(rng.below(mine.len() as u64) as usize))
+                                }
+                                6 if !mine.is_empty() => pile.lock().unwrap().push(mine.pop().unwrap()),
+                                _ => mine.extend(pile.lock().unwrap().pop()),
+                            }
+                        }
+                        while mine.len() > 300 {
+                            free(mine.pop().unwrap());
+                        }
+                    }
+                    mine.into_iter().for_each(free);
+                })
+            })
+            .collect();
+        workers.into_iter().for_each(|w| w.join().unwrap());
+        done.store(true, Relaxed);
+    });
+    pile.into_inner().unwrap().into_iter().for_each(free);
+    assert!(trims.load(Relaxed) > 10);
+    let s = A.stats();
+    assert!(s.hits() > 1000, "{s:?}");
+    assert_eq!(LEDGER_BYTES.load(SeqCst), s.cached_bytes() as i64, "inner live bytes vs cached: {s:?}");
+    assert_eq!(LEDGER_BLOCKS.load(SeqCst), (s.from_inner - s.to_inner) as i64, "{s:?}");
+    assert_eq!(A.trim(), s.cached_bytes());
+    assert_eq!((LEDGER_BLOCKS.load(SeqCst), LEDGER_BYTES.load(SeqCst)), (0, 0), "{:?}", A.stats());
 }
 
 /// An allocation made while this thread holds a guard never waits for one: with a trimmer
