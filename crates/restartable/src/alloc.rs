@@ -343,7 +343,8 @@ impl Caches {
     #[inline(never)]
     fn pop_driven(self, k: usize) -> usize {
         let mut out = 0usize;
-        let path = retry::drive(
+        // (The inline attempt failed: in degraded mode go straight to the lock.)
+        let path = retry::drive_again(
             &self,
             // SAFETY: class `k`'s array of index `at.index` is written only by sections on that
             // index and under its guard; the section copies its top pointer to `out` (ours) and
@@ -388,7 +389,8 @@ impl Caches {
     #[cold]
     #[inline(never)]
     fn push_driven(self, k: usize, p: usize) -> bool {
-        let path = retry::drive(
+        // (The inline attempt failed: in degraded mode go straight to the lock.)
+        let path = retry::drive_again(
             &self,
             // SAFETY: as in `pop`; the section stores below the capacity and commits the count
             // only on that index.

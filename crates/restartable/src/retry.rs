@@ -292,7 +292,11 @@ pub(crate) fn drive<S: Slots, R>(
     slow: impl FnOnce(Slow<'_, S::Value>) -> R,
     lockfree_degraded: bool,
 ) -> Path<R> {
-    let Some(c) = cpu::cursor::<S::Index>() else { return drive_cold(pc, fast, slow, lockfree_degraded, None) };
+    let Some(c) = cpu::cursor::<S::Index>() else {
+        // An `MmCid` area the kernel does not update (degraded mode's decoy among them): as
+        // after an abort, so that degraded mode takes its lane.
+        return drive_aborted(pc, fast, slow, lockfree_degraded, thread::offset(<S::Index as Index>::MODE));
+    };
     match fast_on(pc, &mut fast, c) {
         o @ (Outcome::Committed | Outcome::CompareFailed) => Path::Fast(o),
         Outcome::Stopped => drive_cold(pc, fast, slow, lockfree_degraded, None),
