@@ -80,17 +80,10 @@ use crate::{arch, sys, thread};
 
 /// Set in a guard word when a thread may be sleeping on it.
 const WAITERS: u32 = 1 << 31;
-/// Set in every owner token. With [`WAITERS`] it makes the layout sections rely on: a set guard
-/// word always has bit 30 or 31 set and never bit 29, so `word | index` (index below
-/// [`MAX_CPUS`]) is neither an index nor -1 or -2, and a section compares `cpu_id` with it to check
-/// the index and the guard at once (see the architecture module).
-const HELD: u32 = 1 << 30;
 /// Bits of a token that hold the owner's thread id (PID_MAX_LIMIT is 2^22).
 const TID_BITS: u32 = 22;
-/// The fork-generation bits of a token (bits 22 to 28: above the thread id, below bit 29, which a
-/// set word never has).
-const GENERATION_MASK: u32 = 0x7f;
-const _: () = assert!((GENERATION_MASK << TID_BITS) < (1 << 29) && MAX_CPUS <= 1 << 29);
+/// The fork-generation bits of a token (above the thread id, below WAITERS).
+const GENERATION_MASK: u32 = 0x1ff;
 /// Compare-exchange attempts before sleeping on the futex.
 const SPINS: u32 = 200;
 
@@ -322,7 +315,7 @@ fn block() -> &'static arch::ThreadBlock {
     unsafe { &*arch::thread_block() }
 }
 
-/// The calling thread's owner token: [`HELD`], its thread id and the fork generation.
+/// The calling thread's owner token: its thread id and the fork generation, never 0.
 fn token() -> u32 {
     let b = block();
     let generation = thread::generation();
@@ -332,7 +325,7 @@ fn token() -> u32 {
     }
     // A thread id is below 2^22 (PID_MAX_LIMIT) and never 0.
     let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32 & ((1 << TID_BITS) - 1);
-    let t = HELD | ((generation & GENERATION_MASK) << TID_BITS) | tid.max(1);
+    let t = ((generation & GENERATION_MASK) << TID_BITS) | tid.max(1);
     b.token.store(t, Ordering::Relaxed);
     b.token_generation.store(generation, Ordering::Relaxed);
     t
@@ -364,8 +357,6 @@ fn stale(word: u32) -> bool {
 /// anywhere in between sees a guard held (and never waits for one).
 fn acquire(w: &AtomicU32, index: usize, nested: bool) -> Result<(), GuardError> {
     let me = token();
-    // The layout the sections' merged check relies on (see `HELD`).
-    debug_assert!(me & HELD != 0 && me & (1 << 29) == 0);
     let b = block();
     // Counted whether or not this is a nested call: `release` (and `fail`) always take it back.
     let was = held_add(&b.held, 1);
@@ -423,31 +414,4 @@ fn held_add(held: &AtomicU32, n: u32) -> u32 {
     held.store(old.wrapping_add(n), Ordering::Relaxed);
     core::sync::atomic::compiler_fence(Ordering::SeqCst);
     old
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The layout the sections' merged check relies on: for every value a set guard word can
-    /// hold (a token, with or without the waiters bit, or the waiters bit alone), `word | index`
-    /// is neither an index below `MAX_CPUS` nor -1 or -2 (an unregistered area's `cpu_id`).
-    #[test]
-    fn a_set_word_never_passes_for_an_index() {
-        let mut words = vec![WAITERS, token(), token() | WAITERS];
-        for generation in [0, 1, 2, 0x7e, 0x7f, 0x80, u32::MAX] {
-            for tid in [1, 2, 0x1fff, 0x2000, (1 << TID_BITS) - 1] {
-                let t = HELD | ((generation & GENERATION_MASK) << TID_BITS) | tid;
-                words.extend([t, t | WAITERS]);
-            }
-        }
-        for w in words {
-            assert_ne!(w, 0);
-            for index in [0, 1, 2, 7, 0x1000, MAX_CPUS - 1] {
-                let merged = w | index as u32;
-                assert!(merged as usize >= MAX_CPUS, "{w:#x} | {index}");
-                assert!(merged < u32::MAX - 1, "{w:#x} | {index}");
-            }
-        }
-    }
 }

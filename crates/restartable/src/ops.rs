@@ -74,8 +74,9 @@ impl Order for Release {
 }
 
 /// Where a raw op on `index` runs: the published area (see [`cpu`](crate::current_cpu)) and the
-/// table of process-wide guard words, which the section reads at `index` (so `raw!` first turns
-/// away an index past [`guard::MAX_CPUS`](crate::guard::MAX_CPUS): no CPU has one).
+/// table of process-wide guard words, which the section reads at `index` once it has checked that
+/// the thread runs there (`raw!` first turns away an index past
+/// [`guard::MAX_CPUS`](crate::guard::MAX_CPUS): no CPU has one).
 #[inline(always)]
 fn at<I: Index>(index: usize) -> At {
     At { area: thread::offset(I::MODE), index, guard: guard::global_table() }
@@ -126,8 +127,9 @@ macro_rules! raw {
     ($mode:ty, $index:expr, |$at:ident| $section:expr) => {{
         let $at = at::<$mode>($index);
         if $index >= crate::guard::MAX_CPUS {
-            // No CPU has this index, and the section reads the guard table at it (nothing to
-            // check for an index from `current_index`, which is always below).
+            // No CPU has this index. (The section compares its low 32 bits, then reads the guard
+            // table at the whole index, so it must not see one this large; nothing to check for an
+            // index from `current_index`, which is always below.)
             Outcome::Stopped
         } else if <$mode as Index>::MM_CID && !thread::area_registered($at.area) {
             settle::<$mode>($index)

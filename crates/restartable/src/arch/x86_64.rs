@@ -3,8 +3,7 @@
 //!
 //! Each op is one `asm!` block: a descriptor in `__rseq_cs` (also listed in
 //! `__rseq_cs_ptr_array`), the `rseq_cs` store, the index check (`cpu_id` or `mm_cid`, chosen by
-//! the `F: Field` type parameter) and the guard check, made as one compare of that field with
-//! `guard word | index` (see `section!`), the op's body ending in a single commit
+//! the `F: Field` type parameter), the guard check, the op's body ending in a single commit
 //! instruction, and an abort handler in `__rseq_failure` preceded by the signature (encoded as
 //! `ud1`). Abort, stop and compare failure leave through `label` operands, and each of those
 //! exits is listed in `__rseq_exit_point_array` as a `(start_ip, exit_ip)` pair, so that
@@ -401,52 +400,37 @@ macro_rules! copy_bytes {
     };
 }
 
-/// One critical section on `$at` with the index field `$field`, checking the index and the guard
-/// word (`at.guard`, or the table entry `at.guard[at.index]` where `$field`'s `TABLE` is true) with
-/// one compare: `cpu_id` (or `mm_cid`) against `guard word | index`. A free word (0) leaves the
-/// index; a set one always has bit 30 or 31 set and never bit 29 (the guard module's tokens), so
-/// `word | index` then equals no index a kernel writes (below `MAX_CPUS`) and neither -1 nor -2
-/// (an unregistered area): the section goes on exactly when the thread runs on `index` and the
-/// word is free. A mismatch leaves the section for label 40, which tells the two apart outside
-/// it. A section that finds its guard word elsewhere gives its own load of it into `gword`
-/// (`@load`); the benchmark-only unguarded op checks the index alone (`@unguarded`).
+/// One critical section on `$at` with the index field `$field`: the index check (`cpu_id` or
+/// `mm_cid` against `at.index`), then the guard check (`at.guard`, or the table entry
+/// `at.guard[at.index]` where `$field`'s `TABLE` is true: read only once the index is known to be
+/// the thread's, so never for a CPU the thread does not run on, and never past the table), then
+/// the body. A section that finds its guard word elsewhere gives its own check (`@checked`); the
+/// benchmark-only unguarded op has none (`@unguarded`).
 macro_rules! section {
     ($field:ty, $at:expr, [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
-        section!(@load $field, $at, [
+        section!(@checked $field, $at, [
             ".if {table}",
-            "mov {gword:e}, dword ptr [{guard} + 4 * {index}]",
+            "cmp dword ptr [{guard} + 4 * {index}], 0",
             ".else",
-            "mov {gword:e}, dword ptr [{guard}]",
-            ".endif"
+            "cmp dword ptr [{guard}], 0",
+            ".endif",
+            "jne {stopped}"
         ], [$($body),*], [guard = in(reg) $at.guard, table = const <$field as Field>::TABLE as u8, $($operands)*])
     };
-    (@load $field:ty, $at:expr, [$($load:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
+    (@checked $field:ty, $at:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
         section!(@core $field, $at, [
-            $($load,)*
-            "or {gword:e}, {index:e}",
-            "cmp dword ptr fs:[{area} + {field}], {gword:e}",
-            "jne 40f"
-        ], [$($body),*], [
-            "40:",
             "cmp dword ptr fs:[{area} + {field}], {index:e}",
             "jne {abort}",
-            "jmp {stopped}",
-            ".pushsection __rseq_exit_point_array, \"awR\"",
-            ".quad 5b, 40b",
-            ".popsection"
-        ], [gword = out(reg) _, $($operands)*])
+            point!(2),
+            $($check),*
+        ], [$($body),*], [$($operands)*])
     };
     (@unguarded $field:ty, $at:expr, [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
-        section!(@core $field, $at, [
-            "cmp dword ptr fs:[{area} + {field}], {index:e}",
-            "jne {abort}",
-            "# unguarded: {stopped}"
-        ], [$($body),*], [], [$($operands)*])
+        section!(@checked $field, $at, ["# unguarded: {stopped}"], [$($body),*], [$($operands)*])
     };
-    // The descriptor, the `rseq_cs` store, `$check` (which leaves for `{abort}`, `{stopped}`
-    // or an exit `$tail` defines), the body, the abort handler after its signature, then `$tail`
-    // (out of line, in `__rseq_failure`).
-    (@core $field:ty, $at:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($tail:expr),*], [$($operands:tt)*]) => {
+    // The descriptor, the `rseq_cs` store, `$check` (which leaves for `{abort}` or `{stopped}`),
+    // the body, and the abort handler after its signature (in `__rseq_failure`).
+    (@core $field:ty, $at:expr, [$($check:expr),*], [$($body:expr),* $(,)?], [$($operands:tt)*]) => {
         inject_operand!(
             ".pushsection __rseq_cs, \"aw\"",
             ".balign 32",
@@ -462,7 +446,6 @@ macro_rules! section {
             "5:",
             point!(1),
             $($check,)*
-            point!(2),
             point!(3),
             $($body,)*
             "6:",
@@ -476,7 +459,6 @@ macro_rules! section {
             "8:",
             point!(6),
             "jmp {abort}",
-            $($tail,)*
             ".popsection",
             area = in(reg) $at.area,
             index = in(reg) $at.index,
@@ -551,7 +533,7 @@ pub(crate) unsafe fn add_strided<F: Field, const VALUE: usize>(
 ) -> Outcome {
     // SAFETY: the contract above, for the slot at `base + offset`.
     unsafe {
-        section!(@load F, at, ["mov {gword:e}, dword ptr [{base} + {offset}]"], [
+        section!(@checked F, at, ["cmp dword ptr [{base} + {offset}], 0", "jne {stopped}"], [
             point!(4),
             point!(5),
             "add qword ptr [{base} + {offset} + {value}], {count}",
@@ -577,7 +559,7 @@ pub(crate) unsafe fn add_strided_unless<F: Field, const VALUE: usize, const MASK
 ) -> Outcome {
     // SAFETY: the contract above, for the slot at `base + offset`; `flag` is readable.
     unsafe {
-        section!(@load F, at, ["mov {gword:e}, dword ptr [{base} + {offset}]"], [
+        section!(@checked F, at, ["cmp dword ptr [{base} + {offset}], 0", "jne {stopped}"], [
             "test dword ptr [{flag}], {mask}",
             "jnz {cmpfail}",
             exit_point!("cmpfail"),
