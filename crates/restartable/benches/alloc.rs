@@ -18,6 +18,10 @@
 //!    pairs per second, all threads together.
 //! 2. `channel`: half the threads (at least one) allocate 64-byte boxes and send them over a
 //!    bounded channel each to a consumer of their own, which frees them: million boxes/s.
+//!    `std::sync::mpsc` parks and wakes threads, which costs far more than any allocator here,
+//!    so `queue` (2b) does the same over a lock-free bounded queue (`crossbeam_queue::ArrayQueue`,
+//!    256 slots; a full or empty side spins a little, then yields), where the allocator's
+//!    share of the cost shows.
 //! 3. `churn`: 10,000 short threads (as many at once as the thread count), each making 1,000
 //!    allocations of 16 .. 1024 bytes and freeing them, except 16 it hands to the next thread
 //!    of its lane, which frees those: seconds in all.
@@ -120,17 +124,19 @@ static GLOBAL: Switch = Switch;
 enum Workload {
     Pairs,
     Channel,
+    Queue,
     Churn,
     Rss,
 }
 
-const WORKLOADS: [Workload; 4] = [Workload::Pairs, Workload::Channel, Workload::Churn, Workload::Rss];
+const WORKLOADS: [Workload; 5] = [Workload::Pairs, Workload::Channel, Workload::Queue, Workload::Churn, Workload::Rss];
 
 impl Workload {
     fn key(self) -> &'static str {
         match self {
             Workload::Pairs => "pairs",
             Workload::Channel => "channel",
+            Workload::Queue => "queue",
             Workload::Churn => "churn",
             Workload::Rss => "rss",
         }
@@ -139,12 +145,15 @@ impl Workload {
         match self {
             Workload::Pairs => "1. alloc+free pairs, 16..1024 B (M pairs/s, higher is better)",
             Workload::Channel => "2. producer/consumer, 64 B boxes over channels (M boxes/s, higher is better)",
+            Workload::Queue => {
+                "2b. producer/consumer, 64 B boxes over lock-free queues (M boxes/s, higher is better)"
+            }
             Workload::Churn => "3. thread churn, 10,000 threads x 1,000 allocs (s, lower is better)",
             Workload::Rss => "4. resident memory after 256 threads x 4 MiB freed (MiB, lower is better)",
         }
     }
     fn higher_is_better(self) -> bool {
-        matches!(self, Workload::Pairs | Workload::Channel)
+        matches!(self, Workload::Pairs | Workload::Channel | Workload::Queue)
     }
     fn from_key(k: &str) -> Option<Workload> {
         WORKLOADS.into_iter().find(|w| w.key() == k)
@@ -221,6 +230,55 @@ fn channel(threads: usize, scale: f64) -> f64 {
                 let mut sum = 0u64;
                 for b in rx {
                     sum += u64::from(b[63]);
+                }
+                black_box(sum);
+            });
+        }
+    });
+    (per_lane * lanes) as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+/// Wait for the other side of a queue: spin a little, then give the CPU up (there may be more
+/// threads than CPUs).
+fn pause(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+fn queue(threads: usize, scale: f64) -> f64 {
+    let lanes = (threads / 2).max(1);
+    let per_lane = (4_000_000.0 * scale) as usize / lanes;
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..lanes {
+            let q = std::sync::Arc::new(crossbeam_queue::ArrayQueue::<Box<[u8; 64]>>::new(256));
+            let tx = q.clone();
+            s.spawn(move || {
+                for i in 0..per_lane {
+                    let mut b = Box::new([i as u8; 64]);
+                    let mut spins = 0;
+                    while let Err(back) = tx.push(b) {
+                        b = back;
+                        pause(&mut spins);
+                    }
+                }
+            });
+            s.spawn(move || {
+                let (mut sum, mut got) = (0u64, 0);
+                while got < per_lane {
+                    let mut spins = 0;
+                    let b = loop {
+                        match q.pop() {
+                            Some(b) => break b,
+                            None => pause(&mut spins),
+                        }
+                    };
+                    sum += u64::from(b[63]);
+                    got += 1;
                 }
                 black_box(sum);
             });
@@ -358,6 +416,7 @@ fn child(cell: &str) {
     let v = match Workload::from_key(w).expect("a workload") {
         Workload::Pairs => pairs(threads, scale),
         Workload::Channel => channel(threads, scale),
+        Workload::Queue => queue(threads, scale),
         Workload::Churn => churn(threads, scale),
         Workload::Rss => {
             let (mib, secs) = rss_after_threads(threads, scale);
