@@ -145,9 +145,7 @@ impl Workload {
         match self {
             Workload::Pairs => "1. alloc+free pairs, 16..1024 B (M pairs/s, higher is better)",
             Workload::Channel => "2. producer/consumer, 64 B boxes over channels (M boxes/s, higher is better)",
-            Workload::Queue => {
-                "2b. producer/consumer, 64 B boxes over lock-free queues (M boxes/s, higher is better)"
-            }
+            Workload::Queue => "2b. producer/consumer, 64 B boxes over lock-free queues (M boxes/s, higher is better)",
             Workload::Churn => "3. thread churn, 10,000 threads x 1,000 allocs (s, lower is better)",
             Workload::Rss => "4. resident memory after 256 threads x 4 MiB freed (MiB, lower is better)",
         }

@@ -26,10 +26,13 @@
 //! cargo bench -p restartable --bench collections -- --warm-up-time 0.2 --measurement-time 0.5
 //! ```
 
+mod common;
+use common::parallel;
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Barrier, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use crossbeam_queue::{ArrayQueue, SegQueue};
@@ -42,24 +45,6 @@ const CAPACITY: usize = 64;
 /// A value alone on its cache line pair (128 bytes, as `crossbeam_utils::CachePadded`).
 #[repr(align(128))]
 struct Padded<T>(T);
-
-/// `threads` threads start together and each runs `body(iters)`; the slowest one's time.
-fn parallel(threads: usize, iters: u64, body: &(impl Fn(u64) + Sync)) -> Duration {
-    let start = Barrier::new(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    start.wait();
-                    let t = Instant::now();
-                    body(iters);
-                    t.elapsed()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("a benchmark thread panicked")).max().unwrap_or_default()
-    })
-}
 
 /// One benchmark of the group: `body(iters)` on every thread, timed by [`parallel`].
 fn case(

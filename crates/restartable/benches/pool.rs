@@ -13,10 +13,12 @@
 //! cargo bench -p restartable --bench pool
 //! ```
 
+mod common;
+use common::parallel;
+
 use std::hint::black_box;
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use restartable::Counter;
@@ -87,24 +89,6 @@ fn creation(c: &mut Criterion) {
         b.iter_batched(|| (), |()| black_box(padded()), BatchSize::SmallInput)
     });
     g.finish();
-}
-
-/// `threads` threads start together and each runs `body(iters)`; the slowest one's time.
-fn parallel(threads: usize, iters: u64, body: &(impl Fn(u64) + Sync)) -> Duration {
-    let start = Barrier::new(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    start.wait();
-                    let t = Instant::now();
-                    body(iters);
-                    t.elapsed()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("a benchmark thread panicked")).max().unwrap_or_default()
-    })
 }
 
 fn access(c: &mut Criterion) {
