@@ -299,6 +299,23 @@ mod tests {
 
     /// Tokens: thread (or handler) number in the upper half, a sequence number in the lower; never
     /// 0. A lost token is missing at the end, a duplicated one is seen twice.
+    /// One step of a thread moving tokens through the depot: with `give`, offer the last `give`
+    /// of `mine` (at least one, at most all; the depot takes the first `took` of them and the
+    /// rest stays ours), else take a magazine's worth into `mine`.
+    fn step(d: &Depot, k: usize, mine: &mut Vec<usize>, buf: &mut [usize], give: Option<usize>) {
+        match give {
+            Some(m) if !mine.is_empty() => {
+                let from = mine.len() - m.clamp(1, mine.len());
+                let took = d.push(k, &mine[from..]);
+                mine.drain(from..from + took);
+            }
+            _ => {
+                let n = d.pop(k, buf);
+                mine.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+
     fn tokens(owner: usize, n: usize) -> Vec<usize> {
         (1..=n).map(|i| owner << 32 | i).collect()
     }
@@ -382,18 +399,8 @@ mod tests {
                                 rng ^= rng << 13;
                                 rng ^= rng >> 7;
                                 rng ^= rng << 17;
-                                if rng.is_multiple_of(2) && !mine.is_empty() {
-                                    let m = (rng as usize >> 8) % (2 * BATCH[k] + 2) + 1;
-                                    let m = m.min(mine.len());
-                                    let from = mine.len() - m;
-                                    // The depot takes the first `took` of the tail; the rest
-                                    // stays ours.
-                                    let took = D.push(k, &mine[from..]);
-                                    mine.drain(from..from + took);
-                                } else {
-                                    let n = D.pop(k, &mut buf);
-                                    mine.extend_from_slice(&buf[..n]);
-                                }
+                                let give = rng.is_multiple_of(2).then(|| (rng as usize >> 8) % (2 * BATCH[k] + 2) + 1);
+                                step(&D, k, &mut mine, &mut buf, give);
                             }
                             mine
                         })
@@ -457,15 +464,8 @@ mod tests {
                         let mut i = 0usize;
                         while start.elapsed() < std::time::Duration::from_millis(300) {
                             i += 1;
-                            if i.is_multiple_of(2) && !mine.is_empty() {
-                                let m = (i % (2 * BATCH[SIG_CLASS])).clamp(1, mine.len());
-                                let from = mine.len() - m;
-                                let took = SIG.push(SIG_CLASS, &mine[from..]);
-                                mine.drain(from..from + took);
-                            } else {
-                                let n = SIG.pop(SIG_CLASS, &mut buf);
-                                mine.extend_from_slice(&buf[..n]);
-                            }
+                            let give = i.is_multiple_of(2).then(|| i % (2 * BATCH[SIG_CLASS]));
+                            step(&SIG, SIG_CLASS, &mut mine, &mut buf, give);
                         }
                         mine
                     })
