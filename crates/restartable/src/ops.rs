@@ -102,14 +102,11 @@ pub fn current_index<I: Index>() -> usize {
     unsafe { crate::arch::read_tp_cursor::<I>(thread::offset(I::MODE)) }
 }
 
-/// An aborted raw op: `Stopped` when it can never commit here (the process runs no fast path, the
-/// thread's area is not registered even after registering it now, or `index` is past
-/// `MAX_CPUS`), else `Aborted` (retry).
+/// An aborted raw op: `Stopped` when it can never commit here (the process runs no fast path, or
+/// the thread's area is not registered even after registering it now), else `Aborted` (retry).
+/// (An index past `MAX_CPUS` never gets here: `raw!` turns it away first.)
 #[cold]
-fn settle<I: Index>(index: usize) -> Outcome {
-    if index >= crate::guard::MAX_CPUS {
-        return Outcome::Stopped;
-    }
+fn settle<I: Index>() -> Outcome {
     let area = || thread::offset(I::MODE);
     if !thread::area_registered(area()) {
         let _ = thread::ready();
@@ -132,10 +129,10 @@ macro_rules! raw {
             // index from `current_index`, which is always below.)
             Outcome::Stopped
         } else if <$mode as Index>::MM_CID && !thread::area_registered($at.area) {
-            settle::<$mode>($index)
+            settle::<$mode>()
         } else {
             match $section {
-                Outcome::Aborted => settle::<$mode>($index),
+                Outcome::Aborted => settle::<$mode>(),
                 o => o,
             }
         }
