@@ -329,9 +329,15 @@ mod tests {
             assert_eq!(popped.len(), n, "no item twice");
             assert!(popped.iter().all(|v| (1..=10).contains(v)), "{popped:?}");
             assert_eq!(rs_stack_drain(s, core::ptr::null_mut(), 0), 0);
-            assert_eq!(rs_buffer_pop(b, &mut v), 1);
-            assert!((100..110).contains(&v));
-            assert_eq!(rs_buffer_drain(b, core::ptr::null_mut(), 0) as u64, pushed - 1);
+            // A pop reads the current CPU's buffer only: if the thread moved since its pushes,
+            // it finds that CPU's buffer empty, and the item stays for the drain.
+            let got = rs_buffer_pop(b, &mut v);
+            assert!(got == 0 || got == 1, "pop returns 0 or 1, got {got}");
+            if got == 1 {
+                assert!((100..110).contains(&v), "{v}");
+            }
+            let drained = rs_buffer_drain(b, core::ptr::null_mut(), 0) as u64;
+            assert_eq!(got as u64 + drained, pushed, "every push popped or drained once");
             assert_eq!(rs_buffer_pop(core::ptr::null(), &mut v), 0);
             assert_eq!(rs_stack_push(core::ptr::null(), 1), 0);
             rs_stack_free(s);

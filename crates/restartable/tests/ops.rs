@@ -157,20 +157,31 @@ fn cbeq_pop<I: Index>() {
     assert_eq!(out, &*a as *const Node as usize);
     let popped = heads.iter().position(|h| h.load(Relaxed) == &*b as *const Node as usize);
     assert!(popped.is_some(), "one head advanced to b");
-    // Pop everything on every slot until empty: the empty marker 0 gives CompareFailed.
-    let mut pops = 1;
-    loop {
-        // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
-        match drive::<I>(|i| unsafe { ops::load_cbeq_store_add_load_store::<I>(&heads[i], 0, off, &mut out, i) }) {
-            Some(Outcome::Committed) => pops += 1,
-            Some(Outcome::CompareFailed) => break,
+    // Pop until a slot is empty: the empty marker 0 gives CompareFailed. Pops go to whichever
+    // slot is current, and the thread may move between them, so count pops per slot: no slot
+    // gives more than its two nodes, and the slot found empty gave exactly both.
+    let mut pops = vec![0usize; heads.len()];
+    pops[popped.unwrap()] = 1;
+    let mut last = usize::MAX;
+    let end = loop {
+        let o = drive::<I>(|i| {
+            last = i;
+            // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
+            unsafe { ops::load_cbeq_store_add_load_store::<I>(&heads[i], 0, off, &mut out, i) }
+        });
+        match o {
+            Some(Outcome::Committed) => pops[last] += 1,
+            Some(Outcome::CompareFailed) => break last,
             o => panic!("{o:?}"),
         }
-        assert!(pops <= 2, "the list has only two nodes");
+        assert!(pops[last] <= 2, "slot {last} has only two nodes");
+        assert!(pops.iter().sum::<usize>() <= 2 * heads.len(), "bounded");
+    };
+    assert_eq!((pops[end], heads[end].load(Relaxed)), (2, 0), "the empty slot gave both nodes");
+    let (a_addr, b_addr) = (&*a as *const Node as usize, &*b as *const Node as usize);
+    for (k, h) in heads.iter().enumerate() {
+        assert_eq!(h.load(Relaxed), [a_addr, b_addr, 0][pops[k]], "slot {k} after {} pops", pops[k]);
     }
-    assert_eq!(pops, 2);
-    let live = heads.iter().position(|h| h.load(Relaxed) != 0 && h.load(Relaxed) != &*a as *const Node as usize);
-    assert!(live.is_none() || heads[live.unwrap()].load(Relaxed) == &*a as *const Node as usize);
     let before: Vec<usize> = heads.iter().map(|h| h.load(Relaxed)).collect();
     // SAFETY: as stated at `cbne_store`: `i` comes from `I::current()` and the memory is local.
     stopped::<I>(|i| unsafe { ops::load_cbeq_store_add_load_store::<I>(&heads[i], 0, off, &mut out, i) });
