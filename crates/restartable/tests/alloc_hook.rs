@@ -4,7 +4,7 @@
 //!
 //! - The library's rule "nothing allocates, frees, drops a user value or calls user code while a
 //!   guard is held" is checked for every operation of every collection, local and remote, under
-//!   contention on CPU 0 (so slow paths run): no allocation and no item drop under a guard.
+//!   contention on one CPU (so slow paths run): no allocation and no item drop under a guard.
 //! - First use is re-entrant and allocates nothing: the process's very first allocation runs the
 //!   library's first use (mode decision, registration) inside the allocator; with our own
 //!   registration (`GLIBC_TUNABLES=glibc.pthread.rseq=0`) and in degraded mode too, in children
@@ -61,16 +61,7 @@ impl Drop for Watched {
     }
 }
 
-fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t with one bit set is a valid mask; 0 names the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
-    }
-}
-
-/// Every operation of every collection, on CPU 0 from a pinned thread and remotely from another
+/// Every operation of every collection, on one CPU from a pinned thread and remotely from another
 /// one at the same time. Returns after checking conservation.
 fn every_operation() {
     let c = Counter::new();
@@ -84,25 +75,28 @@ fn every_operation() {
     let (pushed, drained) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let (taken, remote_drained) = (AtomicU64::new(0), AtomicUsize::new(0));
     let adds = AtomicU64::new(0);
+    // One CPU this process may run on (CPU 0 may be outside a cpuset's mask).
+    let cpu = testkit::affinity::allowed()[0];
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            // Remote operations on CPU 0, through its guards, all the time.
+            // Remote operations on `cpu`, through its guards, all the time.
             while !done.load(Relaxed) {
-                taken.fetch_add(c.take_cpu(0).unwrap(), Relaxed);
-                let n = s.drain_cpu(0).unwrap().len() + b.drain_cpu(0).unwrap().len() + m.drain_cpu(0).unwrap().len();
+                taken.fetch_add(c.take_cpu(cpu).unwrap(), Relaxed);
+                let n =
+                    s.drain_cpu(cpu).unwrap().len() + b.drain_cpu(cpu).unwrap().len() + m.drain_cpu(cpu).unwrap().len();
                 drained.fetch_add(n, Relaxed);
                 remote_drained.fetch_add(n, Relaxed);
                 let _ = s.len_per_cpu();
-                l.lock_cpu(0).push(Watched(1));
-                let stop = restartable::guard::stop::<Cpu>(0).unwrap();
+                l.lock_cpu(cpu).push(Watched(1));
+                let stop = restartable::guard::stop::<Cpu>(cpu).unwrap();
                 drop(stop);
                 let mut v = OpVec::new();
-                v.add_word(&words[0], 1);
-                // SAFETY: `words[0]` is only changed by op vectors on CPU 0.
-                unsafe { v.run_on(0) }.unwrap();
+                v.add_word(&words[cpu], 1);
+                // SAFETY: `words[cpu]` is only changed by op vectors on `cpu`.
+                unsafe { v.run_on(cpu) }.unwrap();
             }
         });
-        pin_to_cpu0();
+        testkit::affinity::pin(&[cpu]);
         // Two pushes for one pop, so the remote drains find items (and run under the guard).
         let start = std::time::Instant::now();
         let mut i = 0u64;

@@ -215,12 +215,7 @@ fn memcpy_batches_mm_cid() {
 fn batch_edges() {
     // A batch larger than the room moves what fits, from the end of the Vec; max = 0 moves
     // nothing; an empty batch moves nothing. (Pinned, so every call sees the same CPU's array.)
-    // SAFETY: a zeroed cpu_set_t with one bit set is a valid mask; 0 names the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
-    }
+    let _cpu = testkit::affinity::pin_to_one();
     let b: Buffer<u32> = Buffer::with_capacity(4);
     let mut items: Vec<Box<u32>> = (0..10).map(Box::new).collect();
     assert_eq!(b.push_batch(&mut items), 4);
@@ -257,36 +252,31 @@ fn batch_edges() {
 /// so that every batch crosses chunks, and a cache of two chunks, so that pops give chunks back.
 #[test]
 fn stack_chunk_boundaries() {
-    // SAFETY: a zeroed cpu_set_t with one bit set is a valid mask; 0 names the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
-    }
+    let cpu = testkit::affinity::pin_to_one();
     type Big = [u64; 30];
     let big = |i: u64| -> Big { std::array::from_fn(|k| i * 100 + k as u64) };
     let s: Stack<Big> = Stack::with_chunk_cache(2);
     assert_eq!(Stack::<Big>::ITEMS_PER_CHUNK, 4);
-    let on_cpu0 = |v: Vec<usize>| v[0];
+    let on_cpu = |v: Vec<usize>| v[cpu];
     s.push_batch((0..10).map(big).collect()); // chunks 1-3, top in the third
-    assert_eq!(on_cpu0(s.len_per_cpu()), 10);
-    assert_eq!(on_cpu0(s.cached_chunks_per_cpu()), 0);
+    assert_eq!(on_cpu(s.len_per_cpu()), 10);
+    assert_eq!(on_cpu(s.cached_chunks_per_cpu()), 0);
     s.push(big(10));
     s.push(big(11));
     s.push(big(12)); // the fourth chunk
-    assert_eq!(on_cpu0(s.len_per_cpu()), 13);
+    assert_eq!(on_cpu(s.len_per_cpu()), 13);
     assert_eq!(s.pop(), Some(big(12)), "across a chunk boundary");
-    assert_eq!(on_cpu0(s.cached_chunks_per_cpu()), 1, "the emptied chunk is kept");
+    assert_eq!(on_cpu(s.cached_chunks_per_cpu()), 1, "the emptied chunk is kept");
     assert_eq!(s.pop_batch(6), (6..12).rev().map(big).collect::<Vec<_>>());
     // Chunks 3 and 4 are free now: within the cache of two.
-    assert_eq!(on_cpu0(s.cached_chunks_per_cpu()), 2);
+    assert_eq!(on_cpu(s.cached_chunks_per_cpu()), 2);
     assert_eq!(s.pop_batch(3), [big(5), big(4), big(3)]);
     // A third free chunk is over the cache: trimmed to half of it.
-    assert_eq!(on_cpu0(s.cached_chunks_per_cpu()), 1);
+    assert_eq!(on_cpu(s.cached_chunks_per_cpu()), 1);
     let mut again: Vec<Big> = (20..29).map(big).collect();
     s.append(&mut again);
     assert!(again.is_empty());
-    assert_eq!(on_cpu0(s.len_per_cpu()), 12);
+    assert_eq!(on_cpu(s.len_per_cpu()), 12);
     let mut out = Vec::new();
     assert_eq!(s.pop_batch_into(100, &mut out), 12);
     let expect: Vec<Big> = (20..29).rev().chain([2, 1, 0]).map(big).collect();
@@ -295,7 +285,7 @@ fn stack_chunk_boundaries() {
     // Zero-sized items still take a slot each.
     let z: Stack<()> = Stack::new();
     z.push_batch(vec![(); 1000]);
-    assert_eq!(on_cpu0(z.len_per_cpu()), 1000);
+    assert_eq!(on_cpu(z.len_per_cpu()), 1000);
     assert_eq!(z.pop_batch(usize::MAX).len(), 1000);
 }
 

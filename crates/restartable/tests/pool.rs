@@ -4,7 +4,7 @@
 //!
 //! - a million `Counter::new()` cost at most 40 bytes of resident memory each (the handles
 //!   included), before and after every counter is used from one CPU;
-//! - with every add done on CPU 0, no other CPU's range gains a page;
+//! - with every add done on one CPU, no other CPU's range gains a page;
 //! - an `MmCid` structure touches only the ranges of the concurrency ids its threads ran with;
 //! - freed objects are reused (the pool does not grow when objects come and go).
 //!
@@ -49,16 +49,6 @@ fn resident() -> usize {
     pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
 }
 
-/// Pin the calling thread to CPU `cpu`.
-fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t with one bit set is a valid mask; 0 names the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
-    }
-}
-
 #[test]
 fn a_million_counters_in_40_bytes_each() {
     in_children("child_million_counters");
@@ -71,7 +61,8 @@ fn child_million_counters() {
     }
     const N: usize = 1_000_000;
     const LIMIT: usize = 40;
-    pin(0);
+    // One CPU the thread may run on (CPU 0 may be outside a cpuset's mask).
+    let cpu = testkit::affinity::pin_to_one();
     // Warm up: the first counter maps the pool and registers this thread.
     Counter::new().add(1);
     let ranges_before = pool::stats().resident;
@@ -88,37 +79,37 @@ fn child_million_counters() {
     );
     assert!(per_new <= LIMIT, "{per_new} bytes per new counter (limit {LIMIT})");
 
-    // Every counter used, all from CPU 0.
+    // Every counter used, all from `cpu`.
     for (k, c) in counters.iter().enumerate() {
         c.add(k as u64 + 1);
     }
     let after_use = resident();
     let per_used = after_use.saturating_sub(before) / N;
-    println!("after one add each from CPU 0: {per_used} bytes resident each");
+    println!("after one add each from CPU {cpu}: {per_used} bytes resident each");
     assert!(per_used <= LIMIT, "{per_used} bytes per used counter (limit {LIMIT})");
     // No lost update.
     for (k, c) in counters.iter().enumerate() {
         assert_eq!(c.sum(), k as u64 + 1);
     }
 
-    // The other CPUs' ranges (and the spare) gained nothing; CPU 0's gained the counters.
+    // The other CPUs' ranges (and the spare) gained nothing; `cpu`'s gained the counters.
     let ranges_after = pool::stats().resident;
     println!("resident per range before: {ranges_before:?}, after: {ranges_after:?}");
     assert_eq!(ranges_before.len(), ranges_after.len());
-    // (Degraded mode too: its atomics index by `sched_getcpu`, which says 0 here.) With
+    // (Degraded mode too: its atomics index by `sched_getcpu`, which says `cpu` here.) With
     // `PerCpuAlloc` as the global allocator, its own per-CPU caches also live in the pool and
     // another thread of this process (the test harness) may allocate on another CPU: a few
     // pages, nothing per counter (a million counters would be megabytes).
     let slack = ALLOCATOR_SLACK;
-    assert!(ranges_after[0] >= ranges_before[0] + N * 8, "CPU 0's range holds the values");
-    for r in 1..ranges_after.len() {
+    assert!(ranges_after[cpu] >= ranges_before[cpu] + N * 8, "CPU {cpu}'s range holds the values");
+    for r in (0..ranges_after.len()).filter(|&r| r != cpu) {
         assert!(ranges_after[r] <= ranges_before[r] + slack, "range {r} was touched: {ranges_after:?}");
     }
     // Reading every counter (sum reads all CPUs' copies) maps the zero page only.
     let sums: u64 = counters.iter().map(Counter::sum).sum();
     assert_eq!(sums, (N as u64) * (N as u64 + 1) / 2);
     let ranges_read = pool::stats().resident;
-    for r in 1..ranges_after.len() {
+    for r in (0..ranges_after.len()).filter(|&r| r != cpu) {
         assert!(ranges_read[r] <= ranges_after[r] + slack, "reading range {r} made it resident: {ranges_read:?}");
     }
 }
@@ -139,40 +130,61 @@ fn child_mm_cid_ranges() {
         println!("skipped: {}", restartable::mode());
         return;
     }
+    // The ids an add ran with, read before and after each one: a thread may change its id
+    // between operations (migration, another thread taking its CPU's cached id), and every id
+    // it held must be allowed to grow its range, but no other.
+    fn add_all(counters: &[Counter<MmCid>], seen: &mut std::collections::BTreeSet<usize>) {
+        for c in counters {
+            seen.extend(restartable::current_mm_cid());
+            c.add(1);
+            seen.extend(restartable::current_mm_cid());
+        }
+    }
+    let grown = |before: &[usize], after: &[usize]| -> std::collections::BTreeSet<usize> {
+        (0..after.len()).filter(|&r| after[r] > before[r] + ALLOCATOR_SLACK).collect()
+    };
+    // Pinned for the one-thread part, so that its id normally stays the same throughout.
+    let mask = testkit::affinity::allowed();
+    testkit::affinity::pin_to_one();
     // Warm up: the first structure maps the pool.
     drop(Counter::<MmCid>::default());
     let before = pool::stats().resident;
     let counters: Vec<Counter<MmCid>> = (0..N).map(|_| Counter::<MmCid>::default()).collect();
-    // One thread: only its concurrency id's range is written.
-    let cid = restartable::current_mm_cid();
-    for c in &counters {
-        c.add(1);
-    }
+    // One thread: only the ranges of the ids it ran with are written.
+    let mut seen = std::collections::BTreeSet::new();
+    add_all(&counters, &mut seen);
     let after = pool::stats().resident;
-    println!("one thread (mm_cid {cid:?}): before {before:?}, after {after:?}");
-    let grown: Vec<usize> = (0..after.len()).filter(|&r| after[r] > before[r] + ALLOCATOR_SLACK).collect();
-    assert!(grown.len() <= 1, "one thread grew ranges {grown:?}");
+    println!("one thread (mm_cid {seen:?}): before {before:?}, after {after:?}");
+    let one = grown(&before, &after);
+    assert!(one.is_subset(&seen), "one thread with ids {seen:?} grew ranges {one:?}");
     assert_eq!(counters.iter().map(Counter::sum).sum::<u64>(), N as u64);
 
-    // Three threads at once: at most three ids (and at most one per CPU), whatever the CPU count.
+    // Three threads at once, free to move: only the ids they ran with, each below the
+    // process's thread count (the harness's main thread, this one, three workers) and below
+    // the CPU count, which is what bounds `mm_cid`.
+    testkit::affinity::pin(&mask);
     let fresh: Vec<Counter<MmCid>> = (0..N).map(|_| Counter::<MmCid>::default()).collect();
     let before = pool::stats().resident;
     let barrier = std::sync::Barrier::new(3);
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
     std::thread::scope(|s| {
         for _ in 0..3 {
             s.spawn(|| {
+                let mut mine = std::collections::BTreeSet::new();
                 barrier.wait();
-                for c in &fresh {
-                    c.add(1);
-                }
+                add_all(&fresh, &mut mine);
                 barrier.wait();
+                seen.lock().unwrap().extend(mine);
             });
         }
     });
+    let seen = seen.into_inner().unwrap();
     let after = pool::stats().resident;
-    let grown: Vec<usize> = (0..after.len()).filter(|&r| after[r] > before[r] + ALLOCATOR_SLACK).collect();
-    println!("three threads: before {before:?}, after {after:?}");
-    assert!(grown.len() <= 3.min(restartable::possible_cpus()), "three threads grew ranges {grown:?}");
+    let three = grown(&before, &after);
+    println!("three threads (mm_cid {seen:?}): before {before:?}, after {after:?}");
+    assert!(three.is_subset(&seen), "three threads with ids {seen:?} grew ranges {three:?}");
+    let bound = 5.min(restartable::possible_cpus());
+    assert!(seen.iter().all(|&id| id < bound), "ids {seen:?}, bound {bound}");
     assert_eq!(fresh.iter().map(Counter::sum).sum::<u64>(), 3 * N as u64);
 }
 

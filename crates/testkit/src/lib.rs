@@ -4,6 +4,8 @@
 //!   answers chosen system calls with a chosen errno, so tests can see how code behaves where a
 //!   system call is missing (`ENOSYS`) or forbidden (`EPERM`).
 //! * [`run_self_as_child`] re-runs one test of the current test binary in such a child.
+//! * [`affinity`] pins a test thread to CPUs it may run on (chosen from its mask, never CPU 0
+//!   by fiat).
 //! * [`elf::RseqElf`] reads a binary's rseq metadata (`__rseq_cs`, `__rseq_cs_ptr_array`,
 //!   `__rseq_exit_point_array`), relocated, as debuggers and tracers do.
 //!
@@ -22,6 +24,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod affinity;
 pub mod elf;
 
 use std::io;
