@@ -236,8 +236,10 @@ fn time_limit_stops_early() {
     let v = stress_json(&["--test", "counter", "--threads", "2", "--reps", "1000000000", "--time-limit", "0.2"], &[]);
     let t = &v["tests"][0];
     check_test_report(t, None);
-    assert!(t["seconds"].as_f64().is_some_and(|s| s < 10.0), "{t}");
+    // Fewer ops than asked for is what proves the early stop; the time bound only catches a
+    // limit that is ignored for long (a loaded machine may stretch 0.2 s a lot).
     assert!(t["ops"].as_u64().is_some_and(|n| n > 0 && n < 2_000_000_000), "{t}");
+    assert!(t["seconds"].as_f64().is_some_and(|s| s < 60.0), "{t}");
 }
 
 /// A bad argument: non-zero exit, a message that names the problem, no panic, nothing on

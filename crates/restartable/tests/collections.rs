@@ -32,7 +32,7 @@ fn rng(seed: &mut u64) -> u64 {
 }
 
 /// Run `work(thread, mid)` on `threads()` threads while `remote(seed)` runs in a loop on
-/// another. Each worker calls `mid()` halfway through its work, which waits (up to 10 s) until
+/// another. Each worker calls `mid()` halfway through its work, which waits (up to 60 s) until
 /// the remote thread has completed 3 more operations since the workers started: remote
 /// operations provably overlap the fast paths, however the scheduler treats the remote thread.
 fn contend(work: impl Fn(u64, &dyn Fn()) + Sync, remote: impl Fn(&mut u64) + Send) {
@@ -53,7 +53,9 @@ fn contend(work: impl Fn(u64, &dyn Fn()) + Sync, remote: impl Fn(&mut u64) + Sen
         let mid = move || {
             let t0 = std::time::Instant::now();
             while remote_runs.load(Relaxed) < start + 3 {
-                assert!(t0.elapsed().as_secs() < 10, "the remote thread made no progress");
+                // Only a hang reaches this: a loaded machine (CI runs suites side by side) may
+                // leave the remote thread unscheduled for seconds.
+                assert!(t0.elapsed().as_secs() < 60, "the remote thread made no progress in 60 s");
                 std::thread::yield_now();
             }
         };

@@ -21,6 +21,14 @@ use restartable::alloc::{self, PerCpuAlloc};
 #[global_allocator]
 static GLOBAL: PerCpuAlloc = PerCpuAlloc::new(System);
 
+/// Tests that trim `GLOBAL` hold this for reading; a test that counts on blocks staying in
+/// `GLOBAL`'s caches holds it for writing, so no trim empties them under it.
+static TRIMS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn trims_allowed() -> std::sync::RwLockReadGuard<'static, ()> {
+    TRIMS.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A small, fast, deterministic generator (xorshift64*).
 struct Rng(u64);
 
@@ -147,7 +155,9 @@ fn layout(rng: &mut Rng) -> Layout {
 }
 
 /// `threads` threads for `dur`: allocate, check and free, realloc, and hand blocks to other
-/// threads (a shared pile), each block tagged with its owner. Returns the operations done.
+/// threads (a shared pile), each block tagged with its owner, and at least [`CHURN_FLOOR`]
+/// operations per thread however little CPU time a loaded machine gives it. Returns the
+/// operations done.
 fn churn(threads: usize, dur: Duration, seed: u64) -> u64 {
     let pile: Mutex<Vec<Tagged>> = Mutex::new(Vec::new());
     let ops = AtomicU64::new(0);
@@ -160,7 +170,7 @@ fn churn(threads: usize, dur: Duration, seed: u64) -> u64 {
                 let mut live: Vec<Tagged> = Vec::new();
                 let start = Instant::now();
                 let mut n = 0u64;
-                while start.elapsed() < dur {
+                while start.elapsed() < dur || n < CHURN_FLOOR {
                     for _ in 0..64 {
                         n += 1;
                         match rng.below(10) {
@@ -199,6 +209,12 @@ fn churn(threads: usize, dur: Duration, seed: u64) -> u64 {
     pile.into_inner().unwrap().into_iter().for_each(Tagged::free);
     ops.load(Relaxed)
 }
+
+/// The fewest operations each `churn` thread does.
+const CHURN_FLOOR: u64 = 1024;
+
+/// A bound on waits for progress that only a hang would reach.
+const HANG: Duration = Duration::from_secs(60);
 
 fn soak() -> Option<Duration> {
     std::env::var("PERCPU_ALLOC_SOAK").ok().and_then(|s| s.parse::<f64>().ok()).map(Duration::from_secs_f64)
@@ -286,7 +302,9 @@ fn realloc_keeps_contents_across_classes_and_paths() {
 #[test]
 fn threads_exit_holding_cached_memory() {
     // Short threads free into the caches of the CPUs they ran on and exit; nothing of theirs is
-    // per thread, so what they left is used by the next ones (and by this thread).
+    // per thread, so what they left is used by the next ones (and by this thread). No other
+    // test trims `GLOBAL` meanwhile.
+    let _no_trims = TRIMS.write().unwrap_or_else(|e| e.into_inner());
     let before = GLOBAL.stats();
     for round in 0..20u64 {
         let handles: Vec<_> = (0..8u64)
@@ -318,6 +336,7 @@ fn threads_exit_holding_cached_memory() {
 
 #[test]
 fn trim_cpu_while_every_cpu_allocates() {
+    let _trims = trims_allowed();
     let done = AtomicBool::new(false);
     let trimmed = AtomicUsize::new(0);
     let trims = AtomicUsize::new(0);
@@ -331,6 +350,12 @@ fn trim_cpu_while_every_cpu_allocates() {
             }
         });
         churn(4, soak().unwrap_or(Duration::from_millis(300)), 2);
+        // More rounds until the trimmer has run and found blocks while threads allocate
+        // (a loaded machine may have given it no time yet).
+        let t0 = Instant::now();
+        while (trims.load(Relaxed) <= 10 || trimmed.load(Relaxed) == 0) && t0.elapsed() < HANG {
+            churn(4, Duration::from_millis(20), 3);
+        }
         done.store(true, Relaxed);
     });
     assert!(trims.load(Relaxed) > 10);
@@ -473,12 +498,15 @@ fn blocks_and_bytes_are_conserved_while_trimming_under_many_threads() {
         });
         let workers: Vec<_> = (0..8u64)
             .map(|t| {
-                let (alloc, free, pile) = (&alloc, &free, &pile);
+                let (alloc, free, pile, trims) = (&alloc, &free, &pile, &trims);
                 s.spawn(move || {
                     let mut rng = Rng::new(500 + t);
                     let mut mine = Vec::new();
                     let start = Instant::now();
-                    while start.elapsed() < dur {
+                    // At least `dur`, and on until the trimmer has run and the caches have
+                    // served blocks (a loaded machine may starve either), short of a hang.
+                    let more = || trims.load(Relaxed) <= 10 || A.stats().hits() <= 1000;
+                    while start.elapsed() < dur || (more() && start.elapsed() < HANG) {
                         for _ in 0..64 {
                             match rng.below(8) {
                                 0..=3 => {
@@ -520,6 +548,7 @@ fn blocks_and_bytes_are_conserved_while_trimming_under_many_threads() {
 /// depot or the inner allocator instead.
 #[test]
 fn allocating_while_holding_a_guard_never_waits() {
+    let _trims = trims_allowed();
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -763,6 +792,7 @@ fn signal_handler_nested_in_the_allocator_child() {
 /// Fork while other threads allocate, free and trim; the child allocates on threads of its own.
 #[test]
 fn fork_child_allocates_while_parent_threads_were_busy() {
+    let _trims = trims_allowed();
     let done = AtomicBool::new(false);
     let status = std::thread::scope(|s| {
         for t in 0..3u64 {
@@ -830,6 +860,7 @@ fn every_mode_child() {
         return;
     }
     println!("MODE {}", restartable::mode());
+    let _trims = trims_allowed();
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {

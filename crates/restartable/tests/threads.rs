@@ -60,7 +60,15 @@ fn check_churn() {
     assert_eq!(total, 1200, "every thread's op counted exactly once");
     let registered = restartable::own_registrations() - registered_before;
     match restartable::registration() {
-        Registration::Own { .. } => assert_eq!(registered, 1000, "each thread registers its own area once"),
+        // In the child this test runs alone, so the count is exact. In the parent the other
+        // test's harness thread may make its first use of the library (with `PerCpuAlloc` as
+        // the global allocator, its first allocation) meanwhile: one registration more at most.
+        Registration::Own { .. } if testkit::is_child() => {
+            assert_eq!(registered, 1000, "each thread registers its own area once")
+        }
+        Registration::Own { .. } => {
+            assert!((1000..=1001).contains(&registered), "each thread registers its own area once: {registered}")
+        }
         _ => assert_eq!(registered, 0, "glibc's areas are borrowed, never registered"),
     }
     eprintln!("RSS {before} KiB -> {after} KiB over 1000 threads");
