@@ -60,25 +60,76 @@ fn mask_alarm(block: bool) {
     }
 }
 
-/// SIGALRM every `us` microseconds (0 stops it), with `handler` (SA_RESTART).
-fn alarm_every(us: i64, handler: extern "C" fn(libc::c_int)) {
-    // SAFETY: a zeroed sigaction with a valid handler; a valid interval timer.
+/// SIGALRM to the calling thread every `us` microseconds, with `handler` (SA_RESTART), until
+/// [`stop_alarm`]. A POSIX timer aimed at this thread (`SIGEV_THREAD_ID`), so that the handler
+/// interrupts this thread's operations: an interval timer's (`setitimer`) signal goes to the
+/// whole process, and the kernel mostly hands it to the group leader (libtest's main thread,
+/// which does not block SIGALRM), where the handler would run beside the operations instead of
+/// inside them.
+fn alarm_every(us: i64, handler: extern "C" fn(libc::c_int)) -> libc::timer_t {
+    // SAFETY: a zeroed sigaction with a valid handler; a zeroed sigevent naming a signal and a
+    // live thread (this one) is valid for `timer_create`, whose out-pointer is a valid
+    // `timer_t`; the interval is a valid `itimerspec` for the timer just created.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = handler as usize;
         sa.sa_flags = libc::SA_RESTART;
         assert_eq!(libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()), 0);
-        let tv = libc::timeval { tv_sec: 0, tv_usec: us };
-        let it = libc::itimerval { it_interval: tv, it_value: tv };
-        assert_eq!(libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()), 0);
+        let mut ev: libc::sigevent = std::mem::zeroed();
+        ev.sigev_notify = libc::SIGEV_THREAD_ID;
+        ev.sigev_signo = libc::SIGALRM;
+        ev.sigev_notify_thread_id = libc::gettid();
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        assert_eq!(libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer), 0);
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: us * 1000 };
+        let it = libc::itimerspec { it_interval: ts, it_value: ts };
+        assert_eq!(libc::timer_settime(timer, 0, &it, std::ptr::null_mut()), 0);
+        timer
+    }
+}
+
+/// Stop and delete `timer`. (A signal it already queued may still arrive, on this thread: its
+/// handler then runs to completion before this thread goes on, and does nothing once disarmed.)
+fn stop_alarm(timer: libc::timer_t) {
+    // SAFETY: `timer` came from `timer_create` in `alarm_every` and is deleted exactly once.
+    assert_eq!(unsafe { libc::timer_delete(timer) }, 0);
+}
+
+/// Handlers between their entry and their exit right now (counted before they look at
+/// `ARMED`, so that [`disarm`] can wait for every one that saw it armed).
+static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// A handler's body: `work` if the handler is armed, else nothing; counted in `IN_HANDLER`.
+fn if_armed(work: impl FnOnce()) {
+    // SeqCst, with `disarm`'s: if this load sees `ARMED` still true, it comes before
+    // `disarm`'s store of false in the single total order, hence so does this increment, and
+    // `disarm`'s later load of `IN_HANDLER` sees it (and waits for the decrement, which
+    // publishes `work`'s effects to it).
+    IN_HANDLER.fetch_add(1, SeqCst);
+    if ARMED.load(SeqCst) {
+        work();
+    }
+    IN_HANDLER.fetch_sub(1, SeqCst);
+}
+
+/// Disarm the handler and wait until none is inside its work, so that the totals read afterwards
+/// include everything every handler did. (The timer signals only the storm's thread, which is
+/// the one calling this; the wait is what keeps the totals exact for a handler on any other
+/// thread, e.g. run by a SIGALRM sent to the whole process.)
+fn disarm() {
+    ARMED.store(false, SeqCst);
+    while IN_HANDLER.load(SeqCst) != 0 {
+        std::thread::yield_now();
     }
 }
 
 /// The signal storm's shape: the main thread, pinned to CPU 0, runs `work` (operations on the
-/// structure) for `secs`, with SIGALRM every 50 us whose handler operates on the same structure,
-/// while a second thread (which blocks SIGALRM) runs `remote` in a loop: remote operations on
-/// CPU 0, which stop it and push the main thread onto its slow path, where it holds CPU 0's
-/// guard when the signal arrives. Returns how many times the handler ran.
+/// structure) for `secs`, with SIGALRM to it every 50 us whose handler operates on the same
+/// structure, while a second thread (which blocks SIGALRM) runs `remote` in a loop: remote
+/// operations on CPU 0, which stop it and push the main thread onto its slow path, where it
+/// holds CPU 0's guard when the signal arrives. Arms the handler first, and on return it is
+/// disarmed and no handler is running (the caller may read totals). Returns how many times the
+/// handler ran.
 fn storm(secs: f64, handler: extern "C" fn(libc::c_int), mut work: impl FnMut(), remote: impl Fn() + Sync) -> u64 {
     pin_to_cpu0();
     let done = AtomicBool::new(false);
@@ -89,7 +140,8 @@ fn storm(secs: f64, handler: extern "C" fn(libc::c_int), mut work: impl FnMut(),
                 remote();
             }
         });
-        alarm_every(50, handler);
+        ARMED.store(true, SeqCst);
+        let timer = alarm_every(50, handler);
         let start = Instant::now();
         // At least `secs`, and until the handler has run often enough (on a loaded machine
         // signals coalesce: a thread that rarely runs sees few), at most a minute.
@@ -98,14 +150,16 @@ fn storm(secs: f64, handler: extern "C" fn(libc::c_int), mut work: impl FnMut(),
                 work();
             }
         }
-        alarm_every(0, handler);
+        stop_alarm(timer);
+        disarm();
         done.store(true, Relaxed);
     });
     HANDLED.load(SeqCst)
 }
 
 static HANDLED: AtomicU64 = AtomicU64::new(0);
-/// Whether the handler is armed (the structures it uses exist).
+/// Whether the handler is armed (the structures it uses exist, and the test is not yet reading
+/// its totals).
 static ARMED: AtomicBool = AtomicBool::new(false);
 
 static COUNTER: OnceLock<Counter> = OnceLock::new();
@@ -113,17 +167,16 @@ static HANDLER_ADDED: AtomicU64 = AtomicU64::new(0);
 static HANDLER_TAKEN: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn counter_handler(_: libc::c_int) {
-    if !ARMED.load(SeqCst) {
-        return;
-    }
-    let n = HANDLED.fetch_add(1, SeqCst);
-    let c = COUNTER.get().expect("armed");
-    c.add(1);
-    HANDLER_ADDED.fetch_add(1, SeqCst);
-    if n.is_multiple_of(16) {
-        // Sum-and-reset from the handler too: it never waits for a guard its thread holds.
-        HANDLER_TAKEN.fetch_add(c.take(), SeqCst);
-    }
+    if_armed(|| {
+        let n = HANDLED.fetch_add(1, SeqCst);
+        let c = COUNTER.get().expect("armed");
+        c.add(1);
+        HANDLER_ADDED.fetch_add(1, SeqCst);
+        if n.is_multiple_of(16) {
+            // Sum-and-reset from the handler too: it never waits for a guard its thread holds.
+            HANDLER_TAKEN.fetch_add(c.take(), SeqCst);
+        }
+    });
 }
 
 #[test]
@@ -134,7 +187,6 @@ fn signal_handler_counter_child() {
     let c = COUNTER.get_or_init(Counter::new);
     let taken = AtomicU64::new(0);
     let mut added = 0u64;
-    ARMED.store(true, SeqCst);
     let handled = storm(
         1.0,
         counter_handler,
@@ -148,7 +200,6 @@ fn signal_handler_counter_child() {
             }
         },
     );
-    ARMED.store(false, SeqCst);
     let total = taken.load(Relaxed) + HANDLER_TAKEN.load(SeqCst) + c.take();
     let expected = added + HANDLER_ADDED.load(SeqCst);
     println!(
@@ -176,24 +227,25 @@ static BUFFER: OnceLock<Buffer<u64>> = OnceLock::new();
 static HANDLER_KEPT: [AtomicPtr<u64>; 64] = [const { AtomicPtr::new(std::ptr::null_mut()) }; 64];
 
 extern "C" fn buffer_handler(_: libc::c_int) {
-    if !ARMED.load(SeqCst) {
-        return;
-    }
-    HANDLED.fetch_add(1, SeqCst);
-    let b = BUFFER.get().expect("armed");
-    // Give back a box kept earlier, or take one and put it back.
-    if let Some(slot) = HANDLER_KEPT.iter().find(|p| !p.load(SeqCst).is_null()) {
-        // SAFETY: the pointer came from `Box::into_raw` below, and is taken out exactly once.
-        let item = unsafe { Box::from_raw(slot.swap(std::ptr::null_mut(), SeqCst)) };
-        if let Err(item) = b.push(item) {
-            slot.store(Box::into_raw(item), SeqCst);
+    if_armed(|| {
+        HANDLED.fetch_add(1, SeqCst);
+        let b = BUFFER.get().expect("armed");
+        // Give back a box kept earlier, or take one and put it back.
+        if let Some(slot) = HANDLER_KEPT.iter().find(|p| !p.load(SeqCst).is_null()) {
+            // SAFETY: the pointer came from `Box::into_raw` below, and is taken out exactly once:
+            // the swap is the only take, and handlers run one at a time (only on the storm's
+            // thread, with SIGALRM blocked while one runs), so none took it since the find.
+            let item = unsafe { Box::from_raw(slot.swap(std::ptr::null_mut(), SeqCst)) };
+            if let Err(item) = b.push(item) {
+                slot.store(Box::into_raw(item), SeqCst);
+            }
+        } else if let Some(item) = b.pop()
+            && let Err(item) = b.push(item)
+        {
+            let free = HANDLER_KEPT.iter().find(|p| p.load(SeqCst).is_null()).expect("room");
+            free.store(Box::into_raw(item), SeqCst);
         }
-    } else if let Some(item) = b.pop()
-        && let Err(item) = b.push(item)
-    {
-        let free = HANDLER_KEPT.iter().find(|p| p.load(SeqCst).is_null()).expect("room");
-        free.store(Box::into_raw(item), SeqCst);
-    }
+    });
 }
 
 #[test]
@@ -204,7 +256,6 @@ fn signal_handler_buffer_child() {
     let b = BUFFER.get_or_init(|| Buffer::with_capacity(64));
     let mut mine: Vec<Box<u64>> = (0..ITEMS).map(Box::new).collect();
     let remote_kept = std::sync::Mutex::new(Vec::new());
-    ARMED.store(true, SeqCst);
     let handled = storm(
         1.0,
         buffer_handler,
@@ -231,7 +282,6 @@ fn signal_handler_buffer_child() {
             }
         },
     );
-    ARMED.store(false, SeqCst);
     let mut all: Vec<u64> = b.drain_all().into_iter().map(|x| *x).collect();
     all.extend(mine.into_iter().map(|x| *x));
     all.extend(remote_kept.into_inner().unwrap().into_iter().map(|x| *x));
@@ -267,18 +317,17 @@ fn item(v: u64) -> [u64; 4] {
 }
 
 extern "C" fn memcpy_handler(_: libc::c_int) {
-    if !ARMED.load(SeqCst) {
-        return;
-    }
-    HANDLED.fetch_add(1, SeqCst);
-    let b = MEMCPY.get().expect("armed");
-    if let Some(x) = b.pop() {
-        assert!(x.iter().all(|w| *w == x[0]), "torn item {x:?}");
-        if b.push(x).is_err() {
-            HANDLER_HELD_SUM.fetch_add(x[0], SeqCst);
-            HANDLER_HELD_COUNT.fetch_add(1, SeqCst);
+    if_armed(|| {
+        HANDLED.fetch_add(1, SeqCst);
+        let b = MEMCPY.get().expect("armed");
+        if let Some(x) = b.pop() {
+            assert!(x.iter().all(|w| *w == x[0]), "torn item {x:?}");
+            if b.push(x).is_err() {
+                HANDLER_HELD_SUM.fetch_add(x[0], SeqCst);
+                HANDLER_HELD_COUNT.fetch_add(1, SeqCst);
+            }
         }
-    }
+    });
 }
 
 #[test]
@@ -289,7 +338,6 @@ fn signal_handler_memcpy_child() {
     let b = MEMCPY.get_or_init(|| MemcpyBuffer::with_capacity(64));
     let mut mine: Vec<[u64; 4]> = (1..=ITEMS).map(item).collect();
     let remote_kept = std::sync::Mutex::new(Vec::new());
-    ARMED.store(true, SeqCst);
     let handled = storm(
         1.0,
         memcpy_handler,
@@ -314,7 +362,6 @@ fn signal_handler_memcpy_child() {
             }
         },
     );
-    ARMED.store(false, SeqCst);
     let mut all = b.drain_all();
     all.extend(mine);
     all.extend(remote_kept.into_inner().unwrap());
@@ -353,20 +400,19 @@ fn raw_add(slots: &[std::sync::atomic::AtomicUsize]) {
 }
 
 extern "C" fn raw_handler(_: libc::c_int) {
-    if !ARMED.load(SeqCst) {
-        return;
-    }
-    HANDLED.fetch_add(1, SeqCst);
-    let slots = SLOTS.get().expect("armed");
-    assert!(restartable::current_cpu() < slots.len());
-    raw_add(slots);
-    HANDLER_RAW_ADDS.fetch_add(1, SeqCst);
-    // Stopping a CPU from a handler never waits for a guard its thread holds: it gets `Busy`.
-    match restartable::guard::stop::<Cpu>(0) {
-        Ok(stop) => drop(stop),
-        Err(restartable::guard::GuardError::Busy { .. }) => {}
-        Err(e) => panic!("stop from a handler: {e}"),
-    }
+    if_armed(|| {
+        HANDLED.fetch_add(1, SeqCst);
+        let slots = SLOTS.get().expect("armed");
+        assert!(restartable::current_cpu() < slots.len());
+        raw_add(slots);
+        HANDLER_RAW_ADDS.fetch_add(1, SeqCst);
+        // Stopping a CPU from a handler never waits for a guard its thread holds: it gets `Busy`.
+        match restartable::guard::stop::<Cpu>(0) {
+            Ok(stop) => drop(stop),
+            Err(restartable::guard::GuardError::Busy { .. }) => {}
+            Err(e) => panic!("stop from a handler: {e}"),
+        }
+    });
 }
 
 #[test]
@@ -377,7 +423,6 @@ fn signal_handler_raw_child() {
     let slots = SLOTS.get_or_init(|| (0..restartable::possible_cpus()).map(|_| Default::default()).collect());
     let mut added = 0u64;
     let remote_added = AtomicU64::new(0);
-    ARMED.store(true, SeqCst);
     let handled = storm(
         1.0,
         raw_handler,
@@ -395,7 +440,6 @@ fn signal_handler_raw_child() {
             remote_added.fetch_add(1, Relaxed);
         },
     );
-    ARMED.store(false, SeqCst);
     let total: u64 = slots.iter().map(|s| s.load(SeqCst) as u64).sum();
     let expected = added + HANDLER_RAW_ADDS.load(SeqCst) + remote_added.load(Relaxed);
     println!("{}: {added} adds, {handled} handler runs, total {total}", restartable::mode());
