@@ -419,39 +419,73 @@ mod tests {
     static STASH: [AtomicUsize; 1024] = [const { AtomicUsize::new(0) }; 1024];
     static HANDLER_RUNS: AtomicU64 = AtomicU64::new(0);
     static STASH_FULL: AtomicBool = AtomicBool::new(false);
+    /// Whether the handler is armed (the test is not yet counting the tokens).
+    static ARMED: AtomicBool = AtomicBool::new(false);
+    /// Handlers between their entry and their exit right now (counted before they look at
+    /// `ARMED`, so that the test can wait for every one that saw it armed).
+    static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
     const SIG_CLASS: usize = 5;
 
     extern "C" fn handler(_: libc::c_int) {
-        // Interrupts a thread anywhere, possibly between the load and the compare-exchange of
-        // a pop or push of this very class: take a magazine out and put its blocks back.
-        let mut buf = [0usize; MAX];
-        let n = SIG.pop(SIG_CLASS, &mut buf);
-        let took = SIG.push(SIG_CLASS, &buf[..n]);
-        for &t in &buf[took..n] {
-            if !STASH.iter().any(|s| s.compare_exchange(0, t, Ordering::Relaxed, Ordering::Relaxed).is_ok()) {
-                STASH_FULL.store(true, Ordering::Relaxed);
+        // SeqCst, with the test's disarming: if this load sees `ARMED` still true, it comes
+        // before the test's store of false in the single total order, hence so does this
+        // increment, and the test's later load of `IN_HANDLER` sees it (and waits for the
+        // decrement, which publishes the handler's moves of tokens to it).
+        IN_HANDLER.fetch_add(1, Ordering::SeqCst);
+        if ARMED.load(Ordering::SeqCst) {
+            // Interrupts its thread anywhere, possibly between the load and the
+            // compare-exchange of a pop or push of this very class: take a magazine out and put
+            // its blocks back.
+            let mut buf = [0usize; MAX];
+            let n = SIG.pop(SIG_CLASS, &mut buf);
+            let took = SIG.push(SIG_CLASS, &buf[..n]);
+            for &t in &buf[took..n] {
+                if !STASH.iter().any(|s| s.compare_exchange(0, t, Ordering::Relaxed, Ordering::Relaxed).is_ok()) {
+                    STASH_FULL.store(true, Ordering::Relaxed);
+                }
             }
+            HANDLER_RUNS.fetch_add(1, Ordering::Relaxed);
         }
-        HANDLER_RUNS.fetch_add(1, Ordering::Relaxed);
+        IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
     }
     const MAX: usize = 64;
+
+    /// SIGALRM to the calling thread every `us` microseconds until the timer returned is
+    /// deleted: a POSIX timer aimed at this thread (`SIGEV_THREAD_ID`), so that the handler
+    /// nests in this thread's depot operations. (An interval timer's (`setitimer`) signal goes
+    /// to the whole process, and the kernel mostly hands it to the group leader, libtest's main
+    /// thread, which is inside no depot operation.)
+    fn alarm_this_thread(us: i64) -> libc::timer_t {
+        // SAFETY: a zeroed sigevent naming a signal and a live thread (this one) is valid for
+        // `timer_create`, whose out-pointer is a valid `timer_t`; the interval is a valid
+        // `itimerspec` for the timer just created.
+        unsafe {
+            let mut ev: libc::sigevent = core::mem::zeroed();
+            ev.sigev_notify = libc::SIGEV_THREAD_ID;
+            ev.sigev_signo = libc::SIGALRM;
+            ev.sigev_notify_thread_id = libc::gettid();
+            let mut timer: libc::timer_t = ptr::null_mut();
+            assert_eq!(libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer), 0);
+            let ts = libc::timespec { tv_sec: 0, tv_nsec: us * 1000 };
+            let it = libc::itimerspec { it_interval: ts, it_value: ts };
+            assert_eq!(libc::timer_settime(timer, 0, &it, ptr::null_mut()), 0);
+            timer
+        }
+    }
 
     #[test]
     fn signal_handlers_nested_in_depot_operations_conserve_every_block() {
         assert!(BATCH[SIG_CLASS] <= MAX);
         assert!(SIG.map());
-        // SAFETY: installs a handler that only uses SIG and STASH (lock-free, no allocation).
+        // SAFETY: installs a handler that only uses SIG, STASH and atomic counters (lock-free,
+        // no allocation); it stays installed (disarmed) after the test.
         unsafe {
             let mut sa: libc::sigaction = core::mem::zeroed();
             sa.sa_sigaction = handler as *const () as usize;
             sa.sa_flags = libc::SA_RESTART;
             assert_eq!(libc::sigaction(libc::SIGALRM, &sa, ptr::null_mut()), 0);
-            let t = libc::itimerval {
-                it_interval: libc::timeval { tv_sec: 0, tv_usec: 50 },
-                it_value: libc::timeval { tv_sec: 0, tv_usec: 50 },
-            };
-            assert_eq!(libc::setitimer(libc::ITIMER_REAL, &t, ptr::null_mut()), 0);
         }
+        ARMED.store(true, Ordering::SeqCst);
         let threads = 4;
         let per = 2000;
         let start = std::time::Instant::now();
@@ -459,27 +493,37 @@ mod tests {
             let hs: Vec<_> = (0..threads)
                 .map(|t| {
                     s.spawn(move || {
+                        let timer = alarm_this_thread(50);
                         let mut mine = tokens(t + 1, per);
                         let mut buf = [0usize; 256];
                         let mut i = 0usize;
-                        while start.elapsed() < std::time::Duration::from_millis(300) {
+                        // At least 300 ms, and until the handlers have run often enough (on a
+                        // loaded machine a thread that rarely runs sees few signals); the minute
+                        // is only a hang detector (the count is asserted below).
+                        while (start.elapsed() < std::time::Duration::from_millis(300)
+                            || HANDLER_RUNS.load(Ordering::Relaxed) <= 50)
+                            && start.elapsed() < std::time::Duration::from_secs(60)
+                        {
                             i += 1;
                             let give = i.is_multiple_of(2).then(|| i % (2 * BATCH[SIG_CLASS]));
                             step(&SIG, SIG_CLASS, &mut mine, &mut buf, give);
                         }
+                        // SAFETY: `timer` came from `timer_create` above and is deleted once. (A
+                        // signal it already queued is handled on this thread before it goes on.)
+                        assert_eq!(unsafe { libc::timer_delete(timer) }, 0);
                         mine
                     })
                 })
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        // SAFETY: stops the timer (a handler still running finishes before `setitimer` returns
-        // on this thread only; wait a little for one on another thread).
-        unsafe {
-            let t: libc::itimerval = core::mem::zeroed();
-            libc::setitimer(libc::ITIMER_REAL, &t, ptr::null_mut());
+        // Disarm, and wait for any handler still moving tokens before counting them. (The
+        // timers signalled only the workers, which are done; the wait keeps the count exact for
+        // a handler on any other thread too, e.g. run by a SIGALRM sent to the whole process.)
+        ARMED.store(false, Ordering::SeqCst);
+        while IN_HANDLER.load(Ordering::SeqCst) != 0 {
+            std::thread::yield_now();
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(!STASH_FULL.load(Ordering::Relaxed));
         assert!(HANDLER_RUNS.load(Ordering::Relaxed) > 50, "{} handler runs", HANDLER_RUNS.load(Ordering::Relaxed));
         let mut all = held.concat();
