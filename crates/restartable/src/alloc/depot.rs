@@ -297,8 +297,6 @@ mod tests {
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicBool, AtomicU64};
 
-    /// Tokens: thread (or handler) number in the upper half, a sequence number in the lower; never
-    /// 0. A lost token is missing at the end, a duplicated one is seen twice.
     /// One step of a thread moving tokens through the depot: with `give`, offer the last `give`
     /// of `mine` (at least one, at most all; the depot takes the first `took` of them and the
     /// rest stays ours), else take a magazine's worth into `mine`.
@@ -316,6 +314,8 @@ mod tests {
         }
     }
 
+    /// Tokens: thread (or handler) number in the upper half, a sequence number in the lower; never
+    /// 0. A lost token is missing at the end, a duplicated one is seen twice.
     fn tokens(owner: usize, n: usize) -> Vec<usize> {
         (1..=n).map(|i| owner << 32 | i).collect()
     }
