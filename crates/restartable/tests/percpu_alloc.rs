@@ -673,7 +673,14 @@ fn bump_half_used() -> bool {
     BUMP_NEXT.load(Relaxed) > BUMP_LEN / 2
 }
 
+/// Whether `nested_handler` is armed (the test is not yet reading its counts).
+static NESTED_ARMED: testkit::signal::Armed = testkit::signal::Armed::new();
+
 extern "C" fn nested_handler(_: libc::c_int) {
+    NESTED_ARMED.run(nested_handler_body);
+}
+
+fn nested_handler_body() {
     // Allocate, write, check and free a few blocks of every class inside whatever the
     // interrupted thread was doing (possibly inside NESTED itself, holding its guard or lock).
     let mut blocks = [(std::ptr::null_mut::<u8>(), 0usize); alloc::NUM_CLASSES];
@@ -734,22 +741,21 @@ fn signal_handler_nested_in_the_allocator_child() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         });
-        // SAFETY: installs a handler that only uses NESTED (over the async-signal-safe Bump).
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = nested_handler as *const () as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            assert_eq!(libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()), 0);
-            let t = libc::itimerval {
-                it_interval: libc::timeval { tv_sec: 0, tv_usec: 100 },
-                it_value: libc::timeval { tv_sec: 0, tv_usec: 100 },
-            };
-            assert_eq!(libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut()), 0);
-        }
+        // A handler that only uses NESTED (over the async-signal-safe Bump), every 100 us, aimed
+        // at this thread so that it nests in this thread's calls into NESTED.
+        testkit::signal::on_alarm(nested_handler);
+        NESTED_ARMED.arm();
+        let timer = testkit::signal::ThreadTimer::every(Duration::from_micros(100));
         let mut rng = Rng::new(5);
         let start = Instant::now();
         let mut live: Vec<(*mut u8, Layout, u8)> = Vec::new();
-        while start.elapsed() < Duration::from_millis(700) && !bump_half_used() {
+        // At least 700 ms, and on until the handler has run often enough (a loaded machine
+        // gives this thread, hence its timer, few chances), short of a hang or the bump
+        // mapping's half.
+        while (start.elapsed() < Duration::from_millis(700) || HANDLER_RUNS.load(Relaxed) <= 100)
+            && start.elapsed() < HANG
+            && !bump_half_used()
+        {
             let l = Layout::from_size_align(1 + rng.below(1024) as usize, 8).unwrap();
             let tag = rng.next() as u8;
             // SAFETY: non-zero sizes; blocks written within their size and freed once.
@@ -765,11 +771,8 @@ fn signal_handler_nested_in_the_allocator_child() {
                 }
             }
         }
-        // SAFETY: stops the timer.
-        unsafe {
-            let t: libc::itimerval = std::mem::zeroed();
-            libc::setitimer(libc::ITIMER_REAL, &t, std::ptr::null_mut());
-        }
+        drop(timer);
+        NESTED_ARMED.disarm();
         done.store(true, Relaxed);
         // SAFETY: as above.
         live.into_iter().for_each(|(p, l, _)| unsafe { NESTED.dealloc(p, l) });

@@ -38,14 +38,16 @@ fn in_children(name: &str) {
 // ---------------------------------------------------------------------------------------------
 // Signal handlers that use a collection while their thread is inside an operation on it.
 
-/// Pin the calling thread to CPU 0.
-fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t with one bit set is a valid mask; 0 names the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
-    }
+/// The CPU the storms run on: the first this process may run on (CPU 0 may be outside a
+/// cpuset's mask). The same for every thread, pinned or not: a thread is only ever pinned to it.
+fn the_cpu() -> usize {
+    static CPU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPU.get_or_init(|| testkit::affinity::allowed()[0])
+}
+
+/// Pin the calling thread to [`the_cpu`].
+fn pin_to_the_cpu() {
+    testkit::affinity::pin(&[the_cpu()]);
 }
 
 /// Block (or unblock) SIGALRM in the calling thread.
@@ -60,78 +62,15 @@ fn mask_alarm(block: bool) {
     }
 }
 
-/// SIGALRM to the calling thread every `us` microseconds, with `handler` (SA_RESTART), until
-/// [`stop_alarm`]. A POSIX timer aimed at this thread (`SIGEV_THREAD_ID`), so that the handler
-/// interrupts this thread's operations: an interval timer's (`setitimer`) signal goes to the
-/// whole process, and the kernel mostly hands it to the group leader (libtest's main thread,
-/// which does not block SIGALRM), where the handler would run beside the operations instead of
-/// inside them.
-fn alarm_every(us: i64, handler: extern "C" fn(libc::c_int)) -> libc::timer_t {
-    // SAFETY: a zeroed sigaction with a valid handler; a zeroed sigevent naming a signal and a
-    // live thread (this one) is valid for `timer_create`, whose out-pointer is a valid
-    // `timer_t`; the interval is a valid `itimerspec` for the timer just created.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = handler as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        assert_eq!(libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()), 0);
-        let mut ev: libc::sigevent = std::mem::zeroed();
-        ev.sigev_notify = libc::SIGEV_THREAD_ID;
-        ev.sigev_signo = libc::SIGALRM;
-        ev.sigev_notify_thread_id = libc::gettid();
-        let mut timer: libc::timer_t = std::ptr::null_mut();
-        assert_eq!(libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer), 0);
-        let ts = libc::timespec { tv_sec: 0, tv_nsec: us * 1000 };
-        let it = libc::itimerspec { it_interval: ts, it_value: ts };
-        assert_eq!(libc::timer_settime(timer, 0, &it, std::ptr::null_mut()), 0);
-        timer
-    }
-}
-
-/// Stop and delete `timer`. (A signal it already queued may still arrive, on this thread: its
-/// handler then runs to completion before this thread goes on, and does nothing once disarmed.)
-fn stop_alarm(timer: libc::timer_t) {
-    // SAFETY: `timer` came from `timer_create` in `alarm_every` and is deleted exactly once.
-    assert_eq!(unsafe { libc::timer_delete(timer) }, 0);
-}
-
-/// Handlers between their entry and their exit right now (counted before they look at
-/// `ARMED`, so that [`disarm`] can wait for every one that saw it armed).
-static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
-
-/// A handler's body: `work` if the handler is armed, else nothing; counted in `IN_HANDLER`.
-fn if_armed(work: impl FnOnce()) {
-    // SeqCst, with `disarm`'s: if this load sees `ARMED` still true, it comes before
-    // `disarm`'s store of false in the single total order, hence so does this increment, and
-    // `disarm`'s later load of `IN_HANDLER` sees it (and waits for the decrement, which
-    // publishes `work`'s effects to it).
-    IN_HANDLER.fetch_add(1, SeqCst);
-    if ARMED.load(SeqCst) {
-        work();
-    }
-    IN_HANDLER.fetch_sub(1, SeqCst);
-}
-
-/// Disarm the handler and wait until none is inside its work, so that the totals read afterwards
-/// include everything every handler did. (The timer signals only the storm's thread, which is
-/// the one calling this; the wait is what keeps the totals exact for a handler on any other
-/// thread, e.g. run by a SIGALRM sent to the whole process.)
-fn disarm() {
-    ARMED.store(false, SeqCst);
-    while IN_HANDLER.load(SeqCst) != 0 {
-        std::thread::yield_now();
-    }
-}
-
-/// The signal storm's shape: the main thread, pinned to CPU 0, runs `work` (operations on the
+/// The signal storm's shape: the main thread, pinned to `the_cpu()`, runs `work` (operations on the
 /// structure) for `secs`, with SIGALRM to it every 50 us whose handler operates on the same
 /// structure, while a second thread (which blocks SIGALRM) runs `remote` in a loop: remote
-/// operations on CPU 0, which stop it and push the main thread onto its slow path, where it
-/// holds CPU 0's guard when the signal arrives. Arms the handler first, and on return it is
+/// operations on that CPU, which stop it and push the main thread onto its slow path, where it
+/// holds its guard when the signal arrives. Arms the handler first, and on return it is
 /// disarmed and no handler is running (the caller may read totals). Returns how many times the
 /// handler ran.
 fn storm(secs: f64, handler: extern "C" fn(libc::c_int), mut work: impl FnMut(), remote: impl Fn() + Sync) -> u64 {
-    pin_to_cpu0();
+    pin_to_the_cpu();
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -140,8 +79,9 @@ fn storm(secs: f64, handler: extern "C" fn(libc::c_int), mut work: impl FnMut(),
                 remote();
             }
         });
-        ARMED.store(true, SeqCst);
-        let timer = alarm_every(50, handler);
+        testkit::signal::on_alarm(handler);
+        ARMED.arm();
+        let timer = testkit::signal::ThreadTimer::every(Duration::from_micros(50));
         let start = Instant::now();
         // At least `secs`, and until the handler has run often enough (on a loaded machine
         // signals coalesce: a thread that rarely runs sees few), at most a minute.
@@ -150,8 +90,11 @@ fn storm(secs: f64, handler: extern "C" fn(libc::c_int), mut work: impl FnMut(),
                 work();
             }
         }
-        stop_alarm(timer);
-        disarm();
+        drop(timer);
+        // Wait for handlers before the totals are read. (The timer signals only this thread;
+        // the wait keeps them exact for a handler on any other thread too, e.g. one run by a
+        // SIGALRM sent to the whole process.)
+        ARMED.disarm();
         done.store(true, Relaxed);
     });
     HANDLED.load(SeqCst)
@@ -160,14 +103,14 @@ fn storm(secs: f64, handler: extern "C" fn(libc::c_int), mut work: impl FnMut(),
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 /// Whether the handler is armed (the structures it uses exist, and the test is not yet reading
 /// its totals).
-static ARMED: AtomicBool = AtomicBool::new(false);
+static ARMED: testkit::signal::Armed = testkit::signal::Armed::new();
 
 static COUNTER: OnceLock<Counter> = OnceLock::new();
 static HANDLER_ADDED: AtomicU64 = AtomicU64::new(0);
 static HANDLER_TAKEN: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn counter_handler(_: libc::c_int) {
-    if_armed(|| {
+    ARMED.run(|| {
         let n = HANDLED.fetch_add(1, SeqCst);
         let c = COUNTER.get().expect("armed");
         c.add(1);
@@ -195,7 +138,7 @@ fn signal_handler_counter_child() {
             added += 1;
         },
         || {
-            if let Ok(v) = c.take_cpu(0) {
+            if let Ok(v) = c.take_cpu(the_cpu()) {
                 taken.fetch_add(v, Relaxed);
             }
         },
@@ -211,7 +154,7 @@ fn signal_handler_counter_child() {
     assert_eq!(total, expected, "adds lost or doubled");
 }
 
-/// A handler adds to a `Counter` while its thread is inside `Counter::add` (on CPU 0, whose
+/// A handler adds to a `Counter` while its thread is inside `Counter::add` (on `the_cpu()`, whose
 /// guard another thread keeps taking): no deadlock, nothing lost.
 #[test]
 fn signal_handler_uses_the_counter_its_thread_is_in() {
@@ -227,7 +170,7 @@ static BUFFER: OnceLock<Buffer<u64>> = OnceLock::new();
 static HANDLER_KEPT: [AtomicPtr<u64>; 64] = [const { AtomicPtr::new(std::ptr::null_mut()) }; 64];
 
 extern "C" fn buffer_handler(_: libc::c_int) {
-    if_armed(|| {
+    ARMED.run(|| {
         HANDLED.fetch_add(1, SeqCst);
         let b = BUFFER.get().expect("armed");
         // Give back a box kept earlier, or take one and put it back.
@@ -270,9 +213,9 @@ fn signal_handler_buffer_child() {
             }
         },
         || {
-            // Drain CPU 0 through its guard, then give the items back (they land on this
+            // Drain that CPU through its guard, then give the items back (they land on this
             // thread's CPU's buffer, or stay here).
-            if let Ok(items) = b.drain_cpu(0) {
+            if let Ok(items) = b.drain_cpu(the_cpu()) {
                 let mut kept = remote_kept.lock().unwrap();
                 for item in items {
                     if let Err(item) = b.push(item) {
@@ -299,7 +242,7 @@ fn signal_handler_buffer_child() {
 }
 
 /// A handler pops and pushes a `Buffer` while its thread is inside a push or pop of the same
-/// buffer (on CPU 0, which another thread keeps draining through its guard): no deadlock, every
+/// buffer (on `the_cpu()`, which another thread keeps draining through its guard): no deadlock, every
 /// item exactly once.
 #[test]
 fn signal_handler_uses_the_buffer_its_thread_is_in() {
@@ -317,7 +260,7 @@ fn item(v: u64) -> [u64; 4] {
 }
 
 extern "C" fn memcpy_handler(_: libc::c_int) {
-    if_armed(|| {
+    ARMED.run(|| {
         HANDLED.fetch_add(1, SeqCst);
         let b = MEMCPY.get().expect("armed");
         if let Some(x) = b.pop() {
@@ -352,7 +295,7 @@ fn signal_handler_memcpy_child() {
             }
         },
         || {
-            if let Ok(items) = b.drain_cpu(0) {
+            if let Ok(items) = b.drain_cpu(the_cpu()) {
                 let mut kept = remote_kept.lock().unwrap();
                 for x in items {
                     if let Err(x) = b.push(x) {
@@ -400,14 +343,14 @@ fn raw_add(slots: &[std::sync::atomic::AtomicUsize]) {
 }
 
 extern "C" fn raw_handler(_: libc::c_int) {
-    if_armed(|| {
+    ARMED.run(|| {
         HANDLED.fetch_add(1, SeqCst);
         let slots = SLOTS.get().expect("armed");
         assert!(restartable::current_cpu() < slots.len());
         raw_add(slots);
         HANDLER_RAW_ADDS.fetch_add(1, SeqCst);
         // Stopping a CPU from a handler never waits for a guard its thread holds: it gets `Busy`.
-        match restartable::guard::stop::<Cpu>(0) {
+        match restartable::guard::stop::<Cpu>(the_cpu()) {
             Ok(stop) => drop(stop),
             Err(restartable::guard::GuardError::Busy { .. }) => {}
             Err(e) => panic!("stop from a handler: {e}"),
@@ -431,12 +374,12 @@ fn signal_handler_raw_child() {
             added += 1;
         },
         || {
-            // Op vectors on CPU 0 from the remote thread: the main thread's sections restart,
-            // and its slow path waits for (then holds) CPU 0's process-wide guard.
+            // Op vectors on `the_cpu()` from the remote thread: the main thread's sections restart,
+            // and its slow path waits for (then holds) its process-wide guard.
             let mut v = restartable::opv::OpVec::new();
-            v.add_word(&slots[0], 1);
-            // SAFETY: slot 0 is written only by sections on CPU 0 or under its guard.
-            unsafe { v.run_on(0) }.expect("run_on(0)");
+            v.add_word(&slots[the_cpu()], 1);
+            // SAFETY: slot `the_cpu()` is written only by sections on that CPU or under its guard.
+            unsafe { v.run_on(the_cpu()) }.expect("run_on");
             remote_added.fetch_add(1, Relaxed);
         },
     );
@@ -448,8 +391,8 @@ fn signal_handler_raw_child() {
 }
 
 /// The raw layer in a handler: `current_cpu`, raw ops through `retry::run` (an op vector under
-/// the stop as slow path), and `guard::stop`, while the thread is inside the same, holding CPU
-/// 0's process-wide guard that another thread keeps taking with `OpVec::run_on(0)`.
+/// the stop as slow path), and `guard::stop`, while the thread is inside the same, holding its
+/// CPU's process-wide guard that another thread keeps taking with `OpVec::run_on`.
 #[test]
 fn signal_handler_uses_raw_ops_and_stops() {
     in_children("signal_handler_raw_child");

@@ -53,8 +53,15 @@ fn watchdog<R>(what: &str, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// The CPUs this process may run on, read once, before any test thread pins itself (every
+/// `pin` reads it first).
+fn cpus() -> &'static [usize] {
+    static CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    CPUS.get_or_init(testkit::affinity::allowed)
+}
+
 fn cores() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+    cpus().len()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -155,17 +162,13 @@ fn write_pair(p: &mut Pair) {
     }
 }
 
-/// Pin the calling thread to `cpus` (every allowed CPU when empty).
-fn pin(cpus: &[usize]) {
-    // SAFETY: a zeroed cpu_set_t with bits set is a valid mask; 0 names the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let all: Vec<usize> = (0..cores()).collect();
-        for &c in if cpus.is_empty() { &all[..] } else { cpus } {
-            libc::CPU_SET(c, &mut set);
-        }
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
-    }
+/// Pin the calling thread to the allowed CPUs numbered `ks` (positions in [`cpus`], so that a
+/// test works in any cpuset), or to every allowed CPU when `ks` is empty.
+fn pin(ks: &[usize]) {
+    let all = cpus();
+    let chosen: Vec<usize> =
+        if ks.is_empty() { all.to_vec() } else { ks.iter().map(|&k| all[k % all.len()]).collect() };
+    testkit::affinity::pin(&chosen);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -511,21 +514,14 @@ static HANDLER_READS: AtomicU64 = AtomicU64::new(0);
 static HANDLER_WRITES: AtomicU64 = AtomicU64::new(0);
 static HANDLER_TORN: AtomicU64 = AtomicU64::new(0);
 /// Whether the handler is armed (the test is not yet reading its totals).
-static ARMED: AtomicBool = AtomicBool::new(false);
-/// Handlers between their entry and their exit right now (counted before they look at `ARMED`,
-/// so that [`disarm`] can wait for every one that saw it armed).
-static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
+static ARMED: testkit::signal::Armed = testkit::signal::Armed::new();
 
 /// `try_read` (checks the data) and, every fourth time, `try_write` (writes and counts), from a
 /// handler that may have interrupted its thread anywhere inside `read`, the unlock or `write`,
 /// possibly holding the per-CPU guard of its slow path. Neither may wait; neither allocates.
 extern "C" fn handler(_: libc::c_int) {
-    // SeqCst, with `disarm`'s: if this load sees `ARMED` still true, it comes before `disarm`'s
-    // store of false in the single total order, hence so does this increment, and `disarm`'s
-    // later load of `IN_HANDLER` sees it (and waits for the decrement, which publishes this
-    // handler's counts and releases its guards first).
-    IN_HANDLER.fetch_add(1, SeqCst);
-    if ARMED.load(SeqCst) {
+    // (`disarm` waits for the handler's counts and for it to release its guards.)
+    ARMED.run(|| {
         let n = HANDLED.fetch_add(1, SeqCst);
         if let Some(g) = LOCK.try_read() {
             if g.b != 2 * g.a {
@@ -539,54 +535,7 @@ extern "C" fn handler(_: libc::c_int) {
             write_pair(&mut g);
             HANDLER_WRITES.fetch_add(1, SeqCst);
         }
-    }
-    IN_HANDLER.fetch_sub(1, SeqCst);
-}
-
-/// SIGALRM to the calling thread every `us` microseconds, with `handler` (SA_RESTART), until
-/// [`stop_alarm`]. A POSIX timer aimed at this thread (`SIGEV_THREAD_ID`), so that the handler
-/// interrupts this thread inside its locks and unlocks: an interval timer's (`setitimer`)
-/// signal goes to the whole process, and the kernel mostly hands it to the group leader
-/// (libtest's main thread, which does not block SIGALRM), where the handler would run beside
-/// the lock operations instead of inside them.
-fn alarm_every(us: i64) -> libc::timer_t {
-    // SAFETY: a zeroed sigaction with a valid handler; a zeroed sigevent naming a signal and a
-    // live thread (this one) is valid for `timer_create`, whose out-pointer is a valid
-    // `timer_t`; the interval is a valid `itimerspec` for the timer just created.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = handler as extern "C" fn(libc::c_int) as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        assert_eq!(libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()), 0);
-        let mut ev: libc::sigevent = std::mem::zeroed();
-        ev.sigev_notify = libc::SIGEV_THREAD_ID;
-        ev.sigev_signo = libc::SIGALRM;
-        ev.sigev_notify_thread_id = libc::gettid();
-        let mut timer: libc::timer_t = std::ptr::null_mut();
-        assert_eq!(libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer), 0);
-        let ts = libc::timespec { tv_sec: 0, tv_nsec: us * 1000 };
-        let it = libc::itimerspec { it_interval: ts, it_value: ts };
-        assert_eq!(libc::timer_settime(timer, 0, &it, std::ptr::null_mut()), 0);
-        timer
-    }
-}
-
-/// Stop and delete `timer`. (A signal it already queued may still arrive, on this thread: its
-/// handler then runs to completion before this thread goes on, and does nothing once disarmed.)
-fn stop_alarm(timer: libc::timer_t) {
-    // SAFETY: `timer` came from `timer_create` in `alarm_every` and is deleted exactly once.
-    assert_eq!(unsafe { libc::timer_delete(timer) }, 0);
-}
-
-/// Disarm the handler and wait until none is inside its work, so that the counts read
-/// afterwards include everything every handler did and no handler still holds the lock. (The
-/// timer signals only the calling thread; the wait is what keeps the counts exact for a
-/// handler on any other thread, e.g. run by a SIGALRM sent to the whole process.)
-fn disarm() {
-    ARMED.store(false, SeqCst);
-    while IN_HANDLER.load(SeqCst) != 0 {
-        std::thread::yield_now();
-    }
+    });
 }
 
 fn block_alarm() {
@@ -619,8 +568,9 @@ fn signal_handler_child() {
                 std::thread::sleep(Duration::from_micros(20));
             }
         });
-        ARMED.store(true, SeqCst);
-        let timer = alarm_every(50);
+        testkit::signal::on_alarm(handler);
+        ARMED.arm();
+        let timer = testkit::signal::ThreadTimer::every(Duration::from_micros(50));
         let start = Instant::now();
         while (start.elapsed() < Duration::from_millis(300) || HANDLED.load(SeqCst) < 500)
             && start.elapsed() < Duration::from_secs(60)
@@ -635,8 +585,11 @@ fn signal_handler_child() {
                 }
             }
         }
-        stop_alarm(timer);
-        disarm();
+        drop(timer);
+        // Wait for handlers (their counts, their guards) before checking. (The timer signals
+        // only this thread; the wait keeps the counts exact for a handler on any other thread
+        // too, e.g. one run by a SIGALRM sent to the whole process.)
+        ARMED.disarm();
         done.store(true, SeqCst);
     });
     let (handled, reads, writes) = (HANDLED.load(SeqCst), HANDLER_READS.load(SeqCst), HANDLER_WRITES.load(SeqCst));
@@ -652,7 +605,7 @@ fn signal_handler_child() {
 }
 
 /// A `SIGALRM` handler every 50 us calls `try_read` and `try_write` while its thread (pinned to
-/// CPU 0) takes and releases read and write locks, with every abort sent to the slow path and
+/// one CPU) takes and releases read and write locks, with every abort sent to the slow path and
 /// another thread writing: no deadlock, no torn read, every write counted.
 #[test]
 fn signal_handler_uses_the_lock_its_thread_is_in() {

@@ -6,6 +6,7 @@
 //! * [`run_self_as_child`] re-runs one test of the current test binary in such a child.
 //! * [`affinity`] pins a test thread to CPUs it may run on (chosen from its mask, never CPU 0
 //!   by fiat).
+//! * [`signal`] aims a signal storm at one thread and waits for its handlers to finish.
 //! * [`elf::RseqElf`] reads a binary's rseq metadata (`__rseq_cs`, `__rseq_cs_ptr_array`,
 //!   `__rseq_exit_point_array`), relocated, as debuggers and tracers do.
 //!
@@ -26,6 +27,7 @@
 
 pub mod affinity;
 pub mod elf;
+pub mod signal;
 
 use std::io;
 use std::os::unix::process::CommandExt;

@@ -420,19 +420,12 @@ mod tests {
     static HANDLER_RUNS: AtomicU64 = AtomicU64::new(0);
     static STASH_FULL: AtomicBool = AtomicBool::new(false);
     /// Whether the handler is armed (the test is not yet counting the tokens).
-    static ARMED: AtomicBool = AtomicBool::new(false);
-    /// Handlers between their entry and their exit right now (counted before they look at
-    /// `ARMED`, so that the test can wait for every one that saw it armed).
-    static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
+    static ARMED: testkit::signal::Armed = testkit::signal::Armed::new();
     const SIG_CLASS: usize = 5;
 
     extern "C" fn handler(_: libc::c_int) {
-        // SeqCst, with the test's disarming: if this load sees `ARMED` still true, it comes
-        // before the test's store of false in the single total order, hence so does this
-        // increment, and the test's later load of `IN_HANDLER` sees it (and waits for the
-        // decrement, which publishes the handler's moves of tokens to it).
-        IN_HANDLER.fetch_add(1, Ordering::SeqCst);
-        if ARMED.load(Ordering::SeqCst) {
+        // (The test's `disarm` waits for the handler's moves of tokens.)
+        ARMED.run(|| {
             // Interrupts its thread anywhere, possibly between the load and the
             // compare-exchange of a pop or push of this very class: take a magazine out and put
             // its blocks back.
@@ -445,47 +438,19 @@ mod tests {
                 }
             }
             HANDLER_RUNS.fetch_add(1, Ordering::Relaxed);
-        }
-        IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
+        });
     }
     const MAX: usize = 64;
-
-    /// SIGALRM to the calling thread every `us` microseconds until the timer returned is
-    /// deleted: a POSIX timer aimed at this thread (`SIGEV_THREAD_ID`), so that the handler
-    /// nests in this thread's depot operations. (An interval timer's (`setitimer`) signal goes
-    /// to the whole process, and the kernel mostly hands it to the group leader, libtest's main
-    /// thread, which is inside no depot operation.)
-    fn alarm_this_thread(us: i64) -> libc::timer_t {
-        // SAFETY: a zeroed sigevent naming a signal and a live thread (this one) is valid for
-        // `timer_create`, whose out-pointer is a valid `timer_t`; the interval is a valid
-        // `itimerspec` for the timer just created.
-        unsafe {
-            let mut ev: libc::sigevent = core::mem::zeroed();
-            ev.sigev_notify = libc::SIGEV_THREAD_ID;
-            ev.sigev_signo = libc::SIGALRM;
-            ev.sigev_notify_thread_id = libc::gettid();
-            let mut timer: libc::timer_t = ptr::null_mut();
-            assert_eq!(libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer), 0);
-            let ts = libc::timespec { tv_sec: 0, tv_nsec: us * 1000 };
-            let it = libc::itimerspec { it_interval: ts, it_value: ts };
-            assert_eq!(libc::timer_settime(timer, 0, &it, ptr::null_mut()), 0);
-            timer
-        }
-    }
 
     #[test]
     fn signal_handlers_nested_in_depot_operations_conserve_every_block() {
         assert!(BATCH[SIG_CLASS] <= MAX);
         assert!(SIG.map());
-        // SAFETY: installs a handler that only uses SIG, STASH and atomic counters (lock-free,
-        // no allocation); it stays installed (disarmed) after the test.
-        unsafe {
-            let mut sa: libc::sigaction = core::mem::zeroed();
-            sa.sa_sigaction = handler as *const () as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            assert_eq!(libc::sigaction(libc::SIGALRM, &sa, ptr::null_mut()), 0);
-        }
-        ARMED.store(true, Ordering::SeqCst);
+        // A handler that only uses SIG, STASH and atomic counters (lock-free, no allocation);
+        // it stays installed (disarmed) after the test. Each worker aims a timer at itself, so
+        // that the handler nests in its depot operations.
+        testkit::signal::on_alarm(handler);
+        ARMED.arm();
         let threads = 4;
         let per = 2000;
         let start = std::time::Instant::now();
@@ -493,7 +458,7 @@ mod tests {
             let hs: Vec<_> = (0..threads)
                 .map(|t| {
                     s.spawn(move || {
-                        let timer = alarm_this_thread(50);
+                        let timer = testkit::signal::ThreadTimer::every(std::time::Duration::from_micros(50));
                         let mut mine = tokens(t + 1, per);
                         let mut buf = [0usize; 256];
                         let mut i = 0usize;
@@ -508,9 +473,7 @@ mod tests {
                             let give = i.is_multiple_of(2).then(|| i % (2 * BATCH[SIG_CLASS]));
                             step(&SIG, SIG_CLASS, &mut mine, &mut buf, give);
                         }
-                        // SAFETY: `timer` came from `timer_create` above and is deleted once. (A
-                        // signal it already queued is handled on this thread before it goes on.)
-                        assert_eq!(unsafe { libc::timer_delete(timer) }, 0);
+                        drop(timer);
                         mine
                     })
                 })
@@ -520,10 +483,7 @@ mod tests {
         // Disarm, and wait for any handler still moving tokens before counting them. (The
         // timers signalled only the workers, which are done; the wait keeps the count exact for
         // a handler on any other thread too, e.g. run by a SIGALRM sent to the whole process.)
-        ARMED.store(false, Ordering::SeqCst);
-        while IN_HANDLER.load(Ordering::SeqCst) != 0 {
-            std::thread::yield_now();
-        }
+        ARMED.disarm();
         assert!(!STASH_FULL.load(Ordering::Relaxed));
         assert!(HANDLER_RUNS.load(Ordering::Relaxed) > 50, "{} handler runs", HANDLER_RUNS.load(Ordering::Relaxed));
         let mut all = held.concat();
