@@ -37,7 +37,9 @@
 //!   Everything else goes straight to the inner allocator with the caller's layout. `dealloc`
 //!   and `realloc` get the layout back, so the class (or the inner path) is computed again from
 //!   it: no header, no lookup. Every small block, whichever path made it, is an inner allocation
-//!   of its class's layout (size of the class, alignment 16), so any path may free any block.
+//!   of its class's layout (size of the class, alignment [`CLASS_ALIGN`]: the largest power of
+//!   two dividing the size, 16 to 64, so that a block of a multiple of 64 bytes covers whole
+//!   cache lines and shares none with another block), so any path may free any block.
 //!   The classes stop at 1 KiB: above it a per-CPU cache bounded in bytes would hold too few
 //!   blocks per class to save much, Rust's growth pattern makes such requests rarer, and a
 //!   program writes a block of that size (hundreds of nanoseconds) anyway, so the allocator's
@@ -236,11 +238,28 @@ fn class_of(layout: Layout) -> Option<usize> {
     }
 }
 
+/// The alignment of class `k`'s blocks: the largest power of two that divides the size, from
+/// 16 up to a cache line (64). A block of a multiple of 64 bytes then covers whole lines and
+/// shares none with a neighbour (a 64-byte box at glibc's 16-byte alignment spans two lines and
+/// shares each with another block: a producer writing one box and a consumer on another CPU
+/// reading the next fight over the line).
+pub const CLASS_ALIGN: [usize; NUM_CLASSES] = {
+    let mut a = [0; NUM_CLASSES];
+    let mut k = 0;
+    while k < NUM_CLASSES {
+        let low = CLASSES[k] & CLASSES[k].wrapping_neg();
+        a[k] = clamp(low, MAX_SMALL_ALIGN, 64);
+        k += 1;
+    }
+    a
+};
+
 /// The inner allocator's layout of every block of class `k`.
 #[inline(always)]
 fn class_layout(k: usize) -> Layout {
-    // SAFETY: a class size is a non-zero multiple of 16 far below isize::MAX.
-    unsafe { Layout::from_size_align_unchecked(CLASSES[k], MAX_SMALL_ALIGN) }
+    // SAFETY: a class size is a non-zero multiple of 16 far below isize::MAX, and its
+    // alignment a power of two.
+    unsafe { Layout::from_size_align_unchecked(CLASSES[k], CLASS_ALIGN[k]) }
 }
 
 std::thread_local! {
@@ -841,7 +860,7 @@ impl<A: GlobalAlloc> PerCpuAlloc<A> {
 }
 
 // SAFETY: every block handed out is valid for its layout: small ones are inner allocations of
-// their class's layout (size >= the request, alignment 16 >= the request's), handed to one owner
+// their class's layout (size >= the request, alignment >= 16 >= the request's), handed to one owner
 // at a time (a pointer leaves a cache in exactly one committed section, the depot with exactly
 // one magazine pop), large ones the inner allocator's own for the caller's layout. `dealloc` and
 // `realloc` recompute the path from the same layout, so every block goes back where it came

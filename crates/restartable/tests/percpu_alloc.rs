@@ -243,6 +243,40 @@ fn every_alignment_and_size_class_boundary() {
     kept.into_iter().for_each(Tagged::free);
 }
 
+/// Every block of a class carries the class's alignment (whole cache lines for the multiples of
+/// 64), whichever path it came through: fresh from the inner allocator, from a CPU's cache,
+/// from the depot after a flush, again after a trim.
+#[test]
+fn blocks_carry_their_class_alignment() {
+    static A: PerCpuAlloc = PerCpuAlloc::new(System);
+    assert_eq!(alloc::CLASS_ALIGN[alloc::CLASSES.iter().position(|&c| c == 64).unwrap()], 64);
+    assert!(
+        alloc::CLASSES.iter().zip(alloc::CLASS_ALIGN).all(|(&c, a)| a.is_power_of_two()
+            && (16..=64).contains(&a)
+            && c % a == 0
+            && (a == 64 || c % (2 * a) != 0))
+    );
+    for round in 0..3 {
+        for (k, &size) in alloc::CLASSES.iter().enumerate() {
+            // A request of the class's size with alignment 1 (a `Box<[u8; N]>`).
+            let l = Layout::from_size_align(size, 1).unwrap();
+            // More than a CPU's cache holds, so that flushes to the depot and refills happen.
+            let n = 2 * alloc::CAPACITY[k] + 3;
+            // SAFETY: non-zero sizes; every block freed once with its layout.
+            let blocks: Vec<*mut u8> = (0..n).map(|_| unsafe { A.alloc(l) }).collect();
+            for &p in &blocks {
+                assert!(!p.is_null());
+                assert_eq!(p as usize % alloc::CLASS_ALIGN[k], 0, "class {size}, round {round}: {p:p}");
+            }
+            // SAFETY: as above.
+            blocks.into_iter().for_each(|p| unsafe { A.dealloc(p, l) });
+        }
+        if round == 1 {
+            A.trim();
+        }
+    }
+}
+
 #[test]
 fn alloc_zeroed_is_zeroed_even_from_a_dirty_cache() {
     for size in [1usize, 8, 16, 24, 48, 100, 512, 1000, 1024, 2048, 100_000] {
