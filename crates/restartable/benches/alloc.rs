@@ -486,7 +486,9 @@ fn main() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let table = |title: &str, data: &Vec<Vec<Vec<f64>>>, higher_is_better: bool| {
+    // (workload number, threads, vs System, vs mimalloc) of every row, for the chart.
+    let mut ratios: Vec<(String, usize, f64, f64)> = Vec::new();
+    let mut table = |title: &str, data: &Vec<Vec<Vec<f64>>>, higher_is_better: bool| {
         println!("\n{title}");
         print!("| threads |");
         for &a in &allocators {
@@ -509,6 +511,7 @@ fn main() {
             // "x faster" (or, for memory, "x less"): > 1 means PerCpuAlloc<System> wins.
             let ratio = |other: f64| if higher_is_better { m[2] / other } else { other / m[2] };
             println!(" {:.2}x | {:.2}x |", ratio(m[0]), ratio(m[1]));
+            ratios.push((title.split('.').next().unwrap_or("?").to_string(), t, ratio(m[0]), ratio(m[1])));
         }
     };
     for (wi, &w) in WORKLOADS.iter().enumerate() {
@@ -518,4 +521,88 @@ fn main() {
         }
     }
     println!("\n(ratio columns: how many times better PerCpuAlloc<System> is; > 1 is a win)");
+    println!("\n{}", chart(&ratios));
+    if let Some(path) = args.iter().position(|a| a == "--svg").and_then(|i| args.get(i + 1)) {
+        // (`cargo bench` runs this in the package's folder: a relative path starts there.)
+        match std::fs::write(path, svg(&ratios, &cpu_name())) {
+            Ok(()) => println!("chart written to {path}"),
+            Err(e) => {
+                eprintln!("cannot write the chart to {path}: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// Workload numbers and names, for the charts.
+const CHART_NAMES: [(&str, &str); 6] =
+    [("1", "pairs"), ("2", "channel"), ("2b", "queue"), ("3", "churn"), ("4", "rss memory"), ("4b", "rss time")];
+
+fn chart_name(n: &str) -> &str {
+    CHART_NAMES.iter().find(|c| c.0 == n).map_or(n, |c| c.1)
+}
+
+/// A text chart of the ratio columns: one bar per row and rival, `|` at 1x (a win reaches past it).
+fn chart(ratios: &[(String, usize, f64, f64)]) -> String {
+    const PER_X: f64 = 16.0; // characters per 1x
+    const MAX: usize = 64;
+    let mut out = String::from("PerCpuAlloc<System>, how many times better (| = 1x, a win reaches past it)\n");
+    for (n, t, sys, mi) in ratios {
+        for (rival, r) in [("System", sys), ("mimalloc", mi)] {
+            let len = if r.is_finite() { ((r * PER_X).round() as usize).min(MAX) } else { 0 };
+            let mut bar: Vec<char> = std::iter::repeat_n('#', len).chain(std::iter::repeat_n(' ', MAX - len)).collect();
+            if bar[PER_X as usize] == ' ' {
+                bar[PER_X as usize] = '|';
+            }
+            let bar: String = bar.into_iter().collect();
+            out += &format!("{:>13} {t:>2} thr vs {rival:<8} {} {r:.2}x\n", chart_name(n), bar.trim_end());
+        }
+    }
+    out
+}
+
+/// The same chart as SVG: horizontal bars, a line at 1x.
+fn svg(ratios: &[(String, usize, f64, f64)], machine: &str) -> String {
+    let (row, left, width, top) = (16.0, 190.0, 520.0, 40.0);
+    let max = ratios.iter().flat_map(|r| [r.2, r.3]).filter(|v| v.is_finite()).fold(2.0f64, f64::max).min(10.0);
+    let x = |v: f64| left + width * v.min(max) / max;
+    let height = top + row * 2.0 * ratios.len() as f64 + 40.0;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"10\" y=\"16\" font-size=\"13\">PerCpuAlloc&lt;System&gt;: how many times better than System (blue) and mimalloc (orange)</text>\n\
+         <text x=\"10\" y=\"30\" fill=\"#555\">{machine}; the line is 1x (a win reaches past it)</text>\n",
+        w = left + width + 60.0
+    );
+    for (i, (n, t, sys, mi)) in ratios.iter().enumerate() {
+        let y = top + row * 2.0 * i as f64;
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{} ({t} thread{})</text>\n",
+            left - 6.0,
+            y + row,
+            chart_name(n),
+            if *t == 1 { "" } else { "s" }
+        );
+        for (k, (r, color)) in [(sys, "#4878b0"), (mi, "#e08030")].into_iter().enumerate() {
+            let yy = y + row * k as f64 + 2.0;
+            if r.is_finite() {
+                s += &format!(
+                    "<rect x=\"{left}\" y=\"{yy}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\"/>\n\
+                     <text x=\"{:.1}\" y=\"{:.1}\">{r:.2}x</text>\n",
+                    x(*r) - left,
+                    row - 4.0,
+                    x(*r) + 4.0,
+                    yy + row - 6.0
+                );
+            }
+        }
+    }
+    let bottom = top + row * 2.0 * ratios.len() as f64;
+    s += &format!(
+        "<line x1=\"{0:.1}\" y1=\"{top}\" x2=\"{0:.1}\" y2=\"{bottom}\" stroke=\"black\"/>\n\
+         <text x=\"{0:.1}\" y=\"{1}\" text-anchor=\"middle\">1x</text>\n</svg>\n",
+        x(1.0),
+        bottom + 14.0
+    );
+    s
 }
