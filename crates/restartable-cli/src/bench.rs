@@ -20,6 +20,7 @@
 //! interleaved rounds and the degraded child), [`report`] (the model: implementations x thread
 //! counts -> samples), and one per output format: [`text`], [`json`], [`svg`].
 
+pub mod alloc;
 mod args;
 mod collections;
 mod counters;
@@ -52,9 +53,25 @@ pub fn run(args: &Args) -> CmdResult {
         Some(Internal::RwlockDegraded) => return rounds::internal(rwlock::Impl::DEGRADED, &threads, args.duration),
         None => {}
     }
+    if let Some(cell) = &args.internal_alloc_cell {
+        return alloc::child(cell);
+    }
     // Fail on an unwritable chart path now, not after the whole run.
     if let Some(path) = &args.svg {
         std::fs::File::create(path).map_err(|e| format!("cannot write the SVG file {}: {e}", path.display()))?;
+    }
+    if args.alloc {
+        let plan = alloc::Plan {
+            workloads: if args.workloads.is_empty() {
+                alloc::WORKLOADS.to_vec()
+            } else {
+                alloc::WORKLOADS.into_iter().filter(|w| args.workloads.contains(w)).collect()
+            },
+            threads: if args.threads.is_empty() { alloc::default_threads() } else { threads },
+            rounds: args.rounds,
+            scale: args.scale,
+        };
+        return alloc::run(&plan, args.json, args.svg.as_deref());
     }
     let schedule = Schedule { threads, duration: args.duration, rounds: args.rounds };
     let table = if args.collections {

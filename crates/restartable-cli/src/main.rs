@@ -37,6 +37,12 @@ static GLOBAL: restartable::alloc::PerCpuAlloc = restartable::alloc::PerCpuAlloc
 static GLOBAL: restartable::alloc::PerCpuAlloc<alloc_check::Counting> =
     restartable::alloc::PerCpuAlloc::new(alloc_check::Counting);
 
+// The default build: the allocator `bench --alloc` names for each of its children (System
+// everywhere else), one predictable branch per call.
+#[cfg(not(any(feature = "count-allocations", feature = "percpu-alloc")))]
+#[global_allocator]
+static GLOBAL: bench::alloc::Switch = bench::alloc::Switch;
+
 /// What a subcommand returns: the exit code to end with, or an error to report (exit 1).
 pub type CmdResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
@@ -55,7 +61,8 @@ enum Command {
     /// Show what the library found: kernel, glibc, rseq registration, CPUs, membarrier.
     Info(info::Args),
     /// Benchmark side by side: per-CPU counters (Counter, raw rseq, atomics, thread-locals, a
-    /// mutex), or with --collections the collections against crossbeam, parking_lot and std.
+    /// mutex), or with --collections the collections against crossbeam, parking_lot and std,
+    /// --rwlock the read-mostly locks, --alloc PerCpuAlloc against glibc and mimalloc.
     Bench(bench::Args),
     /// Stress every collection under contention, delay injection, signals and affinity churn,
     /// checking conservation exactly (exit 1 on any loss, with the command that reproduces it).

@@ -3,7 +3,9 @@
 //! The library decides its mode once per process, so whatever must run in another mode runs
 //! in a child: `stress --force-degraded` runs its own command again degraded, the bench measures
 //! its degraded-mode row in a child, and every configuration of `stress --matrix` is a child.
-//! All of them go through [`Reexec`]: the arguments, the degraded-mode variable set or removed,
+//! All of them go through [`Reexec`] (as does every measurement of `bench --alloc`, each in a
+//! child whose global allocator a variable names): the arguments, variables to set, the
+//! degraded-mode variable set or removed,
 //! an optional time limit (the child is killed when it runs out), and the output either
 //! captured or left on this process's terminal.
 
@@ -26,6 +28,7 @@ pub fn forced() -> bool {
 #[derive(Debug)]
 pub struct Reexec {
     args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
     degraded: Option<bool>,
     timeout: Option<Duration>,
     capture: bool,
@@ -74,6 +77,7 @@ impl Reexec {
     pub fn new<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Reexec {
         Reexec {
             args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
+            env: Vec::new(),
             degraded: None,
             timeout: None,
             capture: true,
@@ -84,6 +88,12 @@ impl Reexec {
     /// variable is removed even if this process has it).
     pub fn degraded(mut self, yes: bool) -> Reexec {
         self.degraded = Some(yes);
+        self
+    }
+
+    /// Set the variable `key` to `value` in the child's environment.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Reexec {
+        self.env.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
@@ -104,7 +114,7 @@ impl Reexec {
     pub fn run(self) -> Result<Finished, Error> {
         let exe = std::env::current_exe().map_err(Error::Exe)?;
         let mut cmd = Command::new(exe);
-        cmd.args(&self.args);
+        cmd.args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v)));
         match self.degraded {
             Some(true) => {
                 cmd.env(FORCE_DEGRADED, "1");

@@ -1,4 +1,4 @@
-//! `restartable bench` end to end: a tiny run of each suite (the counters, and `--collections`)
+//! `restartable bench` end to end: a tiny run of each suite (the counters, `--collections`, `--rwlock`, `--alloc`)
 //! measures every implementation at every thread count and emits one JSON object with every
 //! field, the SVG chart is written, and bad arguments fail with a message, never a panic.
 
@@ -319,6 +319,19 @@ fn bad_arguments_fail_cleanly() {
         &["--collections", "--internal-only", "counter-degraded"],
         &["--rwlock", "--collections"],
         &["--rwlock", "--internal-only", "rwlock-degraded"],
+        &["--alloc", "--collections"],
+        &["--alloc", "--rwlock"],
+        &["--alloc", "--duration", "1"],
+        &["--alloc", "--scale", "0"],
+        &["--alloc", "--scale", "-1"],
+        &["--alloc", "--scale", "nan"],
+        &["--alloc", "--scale", "1000"],
+        &["--alloc", "--workloads", "bogus"],
+        &["--alloc", "--workloads", ""],
+        &["--alloc", "--threads", "0"],
+        // The allocator options need --alloc.
+        &["--scale", "0.5"],
+        &["--workloads", "pairs"],
     ];
     for args in cases {
         let out = bench(args);
@@ -340,4 +353,92 @@ fn unwritable_svg_path_is_an_error_not_a_panic() {
     assert!(err.contains("SVG") && err.contains("chart.svg"), "{err}");
     // It fails before measuring anything: nothing on stdout.
     assert!(out.stdout.is_empty(), "{}", describe(&out));
+}
+
+/// The allocator suite's tables, one per workload and 4b (the rss workload's time).
+const ALLOC_TABLES: [&str; 6] = ["pairs", "channel", "queue", "churn", "rss", "rss-time"];
+const ALLOCATORS: [&str; 4] = ["system", "mimalloc", "percpu", "percpu-mimalloc"];
+
+#[test]
+fn alloc_suite_measures_every_allocator_in_every_table() {
+    let svg = temp_path("alloc.svg");
+    let out = bench(&[
+        "--alloc",
+        "--threads",
+        "1,2",
+        "--rounds",
+        "1",
+        "--scale",
+        "0.01",
+        "--json",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    if cfg!(any(feature = "count-allocations", feature = "percpu-alloc")) {
+        // A feature fixed this build's global allocator: a clear refusal, not a wrong table.
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(err.contains("bench --alloc needs the default build"), "{err}");
+        return;
+    }
+    assert!(out.status.success(), "{}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+    assert_eq!(v["suite"], "alloc");
+    assert_eq!(v["params"]["threads"], serde_json::json!([1, 2]), "{v}");
+    assert_eq!(v["params"]["short_rounds"].as_u64(), Some(5), "{v}");
+    let keys: Vec<&str> = v["allocators"].as_array().unwrap().iter().filter_map(|a| a["key"].as_str()).collect();
+    assert_eq!(keys, ALLOCATORS);
+    let results = v["results"].as_array().unwrap_or_else(|| panic!("results: {v}"));
+    let tables: Vec<&str> = results.iter().filter_map(|r| r["key"].as_str()).collect();
+    assert_eq!(tables, ALLOC_TABLES, "every workload, in order, then 4b");
+    for r in results {
+        let cells = r["cells"].as_array().unwrap();
+        assert_eq!(cells.iter().filter_map(|c| c["threads"].as_u64()).collect::<Vec<_>>(), [1, 2], "{r}");
+        // The producer/consumer cells run five times the rounds.
+        let want = if matches!(r["key"].as_str(), Some("channel" | "queue")) { 5 } else { 1 };
+        for c in cells {
+            for a in ALLOCATORS {
+                let runs = c["runs"][a].as_array().unwrap_or_else(|| panic!("{a} in {c}"));
+                assert_eq!(runs.len(), want, "{a} in {} {c}", r["key"]);
+                // Resident memory may come back to where it started (0 MiB); nothing else may.
+                let ok =
+                    |x: &Value| x.as_f64().is_some_and(|x| x.is_finite() && (x > 0.0 || r["key"] == "rss" && x == 0.0));
+                assert!(runs.iter().all(ok), "{a} in {} {c}", r["key"]);
+                assert!(ok(&c["median"][a]), "{a} in {} {c}", r["key"]);
+            }
+            for k in ["vs_system", "vs_mimalloc"] {
+                assert!(c[k].as_f64().is_some_and(f64::is_finite) || r["key"] == "rss", "{k} in {c}");
+            }
+        }
+    }
+    let chart = std::fs::read_to_string(&svg).expect("the SVG chart");
+    let _ = std::fs::remove_file(&svg);
+    assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"), "{chart}");
+    assert!(chart.contains("churn") && chart.contains("1x"), "{chart}");
+}
+
+#[test]
+fn alloc_child_refuses_a_bad_cell_or_allocator() {
+    let run = |cell: &str, allocator: &str| {
+        Command::new(BIN)
+            .args(["bench", "--internal-alloc-cell", cell])
+            .env("RESTARTABLE_BENCH_ALLOCATOR", allocator)
+            .output()
+            .expect("run the restartable binary")
+    };
+    for cell in ["pairs", "pairs:1", "nope:1:1", "pairs:0:1", "pairs:1:0", "pairs:1:x", "pairs:1:1:1"] {
+        let out = run(cell, "percpu");
+        assert_eq!(out.status.code(), Some(1), "{cell}: {}", describe(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("bad cell"), "{cell}: {}", describe(&out));
+    }
+    // An allocator name the switch does not know would measure System under another name.
+    let out = run("pairs:1:0.001", "jemalloc");
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    if !cfg!(any(feature = "count-allocations", feature = "percpu-alloc")) {
+        let out = run("pairs:1:0.001", "percpu");
+        assert!(out.status.success(), "{}", describe(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["allocator"], "percpu", "{v}");
+        assert!(positive(&v["value"]), "{v}");
+    }
 }

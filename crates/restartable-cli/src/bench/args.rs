@@ -21,13 +21,32 @@ pub struct Args {
     /// writes, then the uncontended write lock + unlock latency.
     #[arg(long, conflicts_with = "internal_only")]
     pub rwlock: bool,
-    /// Thread counts to measure, comma-separated [default: 1 and 1x, 2x, 4x the CPUs this process may run on].
+    /// Measure the allocator suite instead: the library's PerCpuAlloc (over glibc's malloc, and
+    /// over mimalloc) against glibc's malloc and mimalloc, each in processes of its own, on alloc+free pairs,
+    /// producers and consumers (over std channels and over a lock-free queue), thread churn and
+    /// resident memory; default threads 1, 2x and 4x the CPUs; ends with a chart.
+    #[arg(long, conflicts_with_all = ["internal_only", "collections", "rwlock", "duration"])]
+    pub alloc: bool,
+    /// With --alloc: the workloads to run [default: all].
+    #[arg(long, requires = "alloc", value_enum, value_delimiter = ',', value_name = "W,W,...")]
+    pub workloads: Vec<super::alloc::Workload>,
+    /// With --alloc: the work of each measurement as a fraction of the full run (the
+    /// resident-memory workload always runs whole).
+    #[arg(long, requires = "alloc", default_value = "1", value_parser = parse_scale, value_name = "F")]
+    pub scale: f64,
+    /// Internal: measure one allocator cell (WORKLOAD:THREADS:SCALE) in this process, under the
+    /// allocator `RESTARTABLE_BENCH_ALLOCATOR` names, and print it as JSON.
+    #[arg(long, hide = true, value_name = "CELL")]
+    pub internal_alloc_cell: Option<String>,
+    /// Thread counts to measure, comma-separated [default: 1 and 1x, 2x, 4x the CPUs this process may run on; with
+    /// --alloc 1, 2x and 4x].
     #[arg(long, value_delimiter = ',', value_parser = parse_threads, value_name = "N,N,...")]
     pub threads: Vec<usize>,
     /// Seconds per measurement (a positive number, fractions allowed).
     #[arg(long, default_value = "0.2", value_parser = parse_duration, allow_negative_numbers = true, value_name = "S")]
     pub duration: Duration,
-    /// Measurements per cell; the table shows the median.
+    /// Measurements per cell; the table shows the median (with --alloc, the channel and queue
+    /// cells run five times as many).
     #[arg(long, default_value_t = DEFAULT_ROUNDS, value_parser = parse_rounds, value_name = "N")]
     pub rounds: usize,
     /// Print one JSON object (on one line) instead of the table.
@@ -80,6 +99,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("the duration is at most 3600 seconds per measurement".into());
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_scale(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 && f <= 100.0 => Ok(f),
+        _ => Err(format!("`{s}` is not a scale (a number above 0, at most 100)")),
+    }
 }
 
 fn parse_rounds(s: &str) -> Result<usize, String> {
