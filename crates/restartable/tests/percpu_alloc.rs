@@ -416,6 +416,40 @@ fn trim_returns_everything_it_caches() {
     assert_eq!(t.from_inner, t.to_inner, "every block went back to the inner allocator: {t:?}");
 }
 
+#[test]
+fn trim_cpu_empties_a_cpu_that_caches_more_than_one_stop_takes() {
+    static A: PerCpuAlloc = PerCpuAlloc::new(System);
+    // Every class filled to at least its capacity less a batch: more blocks than one stop of
+    // `trim_cpu` collects (a buffer of the largest capacity), so it stops the CPU again.
+    let least: usize = (0..alloc::NUM_CLASSES).map(|k| alloc::CAPACITY[k] - alloc::BATCH[k]).sum();
+    assert!(least > alloc::CAPACITY[0], "{least}");
+    let least_bytes: usize =
+        (0..alloc::NUM_CLASSES).map(|k| (alloc::CAPACITY[k] - alloc::BATCH[k]) * alloc::CLASSES[k]).sum();
+    std::thread::spawn(move || {
+        // One CPU, one thread: nothing else touches this CPU's cache of `A` in between.
+        let cpu = testkit::affinity::pin_to_one();
+        for (k, &size) in alloc::CLASSES.iter().enumerate() {
+            let l = Layout::from_size_align(size, 8).unwrap();
+            // SAFETY: non-zero sizes; every block freed once with its layout.
+            let blocks: Vec<*mut u8> = (0..alloc::CAPACITY[k]).map(|_| unsafe { A.alloc(l) }).collect();
+            // SAFETY: as above.
+            blocks.into_iter().for_each(|p| unsafe { A.dealloc(p, l) });
+        }
+        let s = A.stats();
+        let cached = s.cpus.iter().find(|c| c.cpu == cpu).map_or(0, |c| c.cached_bytes);
+        assert!(cached >= least_bytes, "CPU {cpu} caches {cached} B, at least {least_bytes} expected: {s:?}");
+        assert_eq!(A.trim_cpu(cpu).unwrap(), cached, "trim_cpu gives back exactly what the CPU cached");
+        let t = A.stats();
+        assert!(t.cpus.iter().all(|c| c.cached_bytes == 0), "{t:?}");
+        assert_eq!(t.depot_bytes, s.depot_bytes, "the depot is not trim_cpu's: {t:?}");
+        A.trim();
+        let u = A.stats();
+        assert_eq!(u.from_inner, u.to_inner, "every block went back to the inner allocator: {u:?}");
+    })
+    .join()
+    .unwrap();
+}
+
 static INNER_ALLOCS: AtomicU64 = AtomicU64::new(0);
 static INNER_FREES: AtomicU64 = AtomicU64::new(0);
 
