@@ -935,13 +935,7 @@ pub fn to_json(plan: &Plan, m: &Machine, tables: &[Results]) -> Value {
         .collect();
     json!({
         "suite": "alloc",
-        "machine": {
-            "cpu_model": m.cpu_model,
-            "cores": m.cores,
-            "possible_cpus": m.possible_cpus,
-            "kernel": m.kernel,
-            "mode": { "kind": if m.fast { "fast" } else { "degraded" }, "description": m.mode },
-        },
+        "machine": m.to_json(),
         "params": {
             "threads": plan.threads,
             "rounds": plan.rounds,

@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::report::{Latency, Sample, Table};
+use super::report::{Latency, Machine, Sample, Table};
 
 impl Table {
     /// The JSON object of the whole run.
@@ -37,13 +37,7 @@ impl Table {
         json!({
             "suite": self.suite,
             "op": self.op,
-            "machine": {
-                "cpu_model": m.cpu_model,
-                "cores": m.cores,
-                "possible_cpus": m.possible_cpus,
-                "kernel": m.kernel,
-                "mode": { "kind": if m.fast { "fast" } else { "degraded" }, "description": m.mode },
-            },
+            "machine": m.to_json(),
             "params": {
                 "threads": self.threads,
                 "duration_s": self.duration.as_secs_f64(),
@@ -75,6 +69,20 @@ impl Table {
 }
 
 /// One round of a cell.
+impl Machine {
+    /// The `machine` object of every suite's JSON: `cpu_model`, `cores`, `possible_cpus`,
+    /// `kernel`, `mode` (`kind`: `fast` or `degraded`, and `description`).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "cpu_model": self.cpu_model,
+            "cores": self.cores,
+            "possible_cpus": self.possible_cpus,
+            "kernel": self.kernel,
+            "mode": { "kind": if self.fast { "fast" } else { "degraded" }, "description": self.mode },
+        })
+    }
+}
+
 fn sample(s: &Sample) -> Value {
     json!({ "ns_per_op": s.ns_per_op(), "mops": s.mops(), "ops": s.ops, "elapsed_ns": s.elapsed_ns })
 }
