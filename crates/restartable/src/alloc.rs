@@ -785,7 +785,9 @@ impl<A: GlobalAlloc> PerCpuAlloc<A> {
                     // first `n` pointers of class `next` are published.
                     unsafe {
                         let w = word(h, next).load(Ordering::Acquire);
-                        let n = w & COUNT;
+                        // (Never above the capacity: every push checks it. The bound also makes
+                        // sure that the first class of a stop always fits.)
+                        let n = (w & COUNT).min(CAPACITY[next]);
                         if at + n > buf.len() {
                             break;
                         }
