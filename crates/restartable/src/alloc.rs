@@ -136,7 +136,7 @@ pub const CLASSES: [usize; NUM_CLASSES] =
 /// Bytes of each class a CPU's cache may hold (before the clamp to 16..=[`MAX_CAPACITY`] blocks).
 const CLASS_CACHE_BYTES: usize = 64 << 10;
 /// The most blocks of one class a CPU's cache holds.
-const MAX_CAPACITY: usize = 1024;
+pub const MAX_CAPACITY: usize = 1024;
 /// Bytes of each class one batch moves (before the clamp to 4..=32 blocks).
 const BATCH_BYTES: usize = 4 << 10;
 /// The most blocks of one class the depot keeps, in bytes.
