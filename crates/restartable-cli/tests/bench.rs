@@ -355,8 +355,9 @@ fn unwritable_svg_path_is_an_error_not_a_panic() {
     assert!(out.stdout.is_empty(), "{}", describe(&out));
 }
 
-/// The allocator suite's tables, one per workload and 4b (the rss workload's time).
-const ALLOC_TABLES: [&str; 6] = ["pairs", "channel", "queue", "churn", "rss", "rss-time"];
+/// The allocator suite's tables, one per workload, 3b (the churn's CPU time) and 4b (the rss
+/// workload's time).
+const ALLOC_TABLES: [&str; 7] = ["pairs", "channel", "queue", "churn", "churn-cpu", "rss", "rss-time"];
 const ALLOCATORS: [&str; 4] = ["system", "mimalloc", "percpu", "percpu-mimalloc"];
 
 #[test]
@@ -390,7 +391,7 @@ fn alloc_suite_measures_every_allocator_in_every_table() {
     assert_eq!(keys, ALLOCATORS);
     let results = v["results"].as_array().unwrap_or_else(|| panic!("results: {v}"));
     let tables: Vec<&str> = results.iter().filter_map(|r| r["key"].as_str()).collect();
-    assert_eq!(tables, ALLOC_TABLES, "every workload, in order, then 4b");
+    assert_eq!(tables, ALLOC_TABLES, "every workload, in order, each second figure after its own");
     for r in results {
         let cells = r["cells"].as_array().unwrap();
         assert_eq!(cells.iter().filter_map(|c| c["threads"].as_u64()).collect::<Vec<_>>(), [1, 2], "{r}");

@@ -23,7 +23,8 @@
 //!    yields), where the allocator's share of the cost shows.
 //! 3. `churn`: 10,000 short threads (as many at once as the thread count), each making 1,000
 //!    allocations of 16 .. 1024 bytes and freeing them, except 16 it hands to the next thread
-//!    of its lane, which frees those: seconds in all.
+//!    of its lane, which frees those: seconds in all, and (3b) the CPU seconds of all the
+//!    threads together (`getrusage`).
 //! 4. `rss`: 256 threads (as many at once as the thread count) each allocate 4 MiB of small
 //!    objects (16 .. 1024 bytes), free them all and exit; then the process's resident memory
 //!    above what it had before the first thread: MiB, and (4b) the seconds the threads took.
@@ -213,7 +214,7 @@ pub enum Workload {
     Channel,
     /// 2b: producers and consumers over a lock-free queue.
     Queue,
-    /// 3: 10,000 short threads.
+    /// 3: 10,000 short threads (and 3b: their CPU time).
     Churn,
     /// 4: resident memory (and 4b: time) after 256 threads x 4 MiB.
     Rss,
@@ -271,6 +272,17 @@ impl Workload {
     }
     fn from_key(k: &str) -> Option<Workload> {
         WORKLOADS.into_iter().find(|w| w.key() == k)
+    }
+    /// The table of the second figure a child reports, if the workload has one: 3b, the churn's
+    /// CPU time (wall time there is set by the kernel's serialization of thread creation, CPU
+    /// time by what each thread costs), and 4b, the rss workload's time.
+    fn second(self, threads: usize) -> Option<Results> {
+        let (number, key, title) = match self {
+            Workload::Churn => ("3b", "churn-cpu", "CPU time of the thread churn, all threads together"),
+            Workload::Rss => ("4b", "rss-time", "time of the resident-memory workload"),
+            _ => return None,
+        };
+        Some(Results::new(number, key, title, "s", false, threads))
     }
 }
 
@@ -424,9 +436,20 @@ struct Handed(*mut u8, Layout);
 // SAFETY: the block is owned by whoever holds the `Handed`.
 unsafe impl Send for Handed {}
 
-fn churn(threads: usize, scale: f64) -> f64 {
+/// CPU seconds this process has used: all its threads, live and ended, user and system time.
+fn cpu_secs() -> f64 {
+    // SAFETY: all-zero bytes are a valid `rusage`.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer; RUSAGE_SELF cannot fail.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Seconds, and CPU seconds, per full run (10,000 threads), whatever the scale.
+fn churn(threads: usize, scale: f64) -> (f64, f64) {
     let per_lane = ((10_000.0 * scale) as usize / threads).max(1);
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_secs());
     std::thread::scope(|s| {
         for lane in 0..threads {
             s.spawn(move || {
@@ -446,8 +469,8 @@ fn churn(threads: usize, scale: f64) -> f64 {
             });
         }
     });
-    // Seconds per full run (10,000 threads), whatever the scale.
-    start.elapsed().as_secs_f64() * 10_000.0 / (per_lane * threads) as f64
+    let full = 10_000.0 / (per_lane * threads) as f64;
+    (start.elapsed().as_secs_f64() * full, (cpu_secs() - cpu) * full)
 }
 
 /// One short thread of [`churn`]: free what the previous thread of the lane handed on, make
@@ -567,11 +590,14 @@ pub fn child(cell: &str) -> CmdResult {
     if named != chosen {
         return Err(format!("{ALLOCATOR_ENV} names {} but this process runs {}", named.key(), chosen.key()).into());
     }
-    let (value, secs) = match w {
+    let (value, second) = match w {
         Workload::Pairs => (pairs(threads, scale), None),
         Workload::Channel => (channel(threads, scale), None),
         Workload::Queue => (queue(threads, scale), None),
-        Workload::Churn => (churn(threads, scale), None),
+        Workload::Churn => {
+            let (secs, cpu) = churn(threads, scale);
+            (secs, Some(cpu))
+        }
         Workload::Rss => {
             let (mib, secs) = rss_after_threads(threads)?;
             (mib, Some(secs))
@@ -579,7 +605,7 @@ pub fn child(cell: &str) -> CmdResult {
     };
     println!(
         "{}",
-        json!({ "allocator": chosen.key(), "workload": w.key(), "threads": threads, "value": value, "secs": secs })
+        json!({ "allocator": chosen.key(), "workload": w.key(), "threads": threads, "value": value, "second": second })
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -606,10 +632,10 @@ pub fn default_threads() -> Vec<usize> {
     super::args::dedup(&[1, 2 * cores, 4 * cores])
 }
 
-/// One table: a workload's (or 4b's) runs, per thread count and allocator.
+/// One table: a workload's (or 3b's, 4b's) runs, per thread count and allocator.
 #[derive(Debug, Clone)]
 pub struct Results {
-    /// `1`, `2`, `2b`, `3`, `4`, `4b`.
+    /// `1`, `2`, `2b`, `3`, `3b`, `4`, `4b`.
     pub number: &'static str,
     /// The JSON key.
     pub key: &'static str,
@@ -660,12 +686,12 @@ impl Results {
 /// Measure `plan`: every round visits every workload, thread count and allocator.
 pub fn measure(plan: &Plan) -> Result<Vec<Results>, String> {
     let nt = plan.threads.len();
-    let mut tables: Vec<Results> = plan
+    // Per workload: its table, and the table of its second figure (if any).
+    let mut tables: Vec<(Results, Option<Results>)> = plan
         .workloads
         .iter()
-        .map(|&w| Results::new(w.number(), w.key(), w.title(), w.unit(), w.higher_is_better(), nt))
+        .map(|&w| (Results::new(w.number(), w.key(), w.title(), w.unit(), w.higher_is_better(), nt), w.second(nt)))
         .collect();
-    let mut times = Results::new("4b", "rss-time", "time of the resident-memory workload", "s", false, nt);
     let cells: usize = plan.workloads.iter().map(|w| w.rounds(plan.rounds) * nt * ALLOCATORS.len()).sum();
     let bar = crate::progress::bar(cells);
     for round in 0..plan.rounds * SHORT_ROUNDS {
@@ -676,10 +702,11 @@ pub fn measure(plan: &Plan) -> Result<Vec<Results>, String> {
             for (ti, &t) in plan.threads.iter().enumerate() {
                 for a in ALLOCATORS {
                     bar.set_message(format!("{} {t} threads {}", w.key(), a.key()));
-                    let (v, secs) = run_cell(a, w, t, plan.scale)?;
-                    tables[wi].runs[ti][a as usize].push(v);
-                    if let Some(secs) = secs {
-                        times.runs[ti][a as usize].push(secs);
+                    let (v, second) = run_cell(a, w, t, plan.scale)?;
+                    let (table, second_table) = &mut tables[wi];
+                    table.runs[ti][a as usize].push(v);
+                    if let (Some(x), Some(st)) = (second, second_table) {
+                        st.runs[ti][a as usize].push(x);
                     }
                     bar.inc(1);
                 }
@@ -687,13 +714,10 @@ pub fn measure(plan: &Plan) -> Result<Vec<Results>, String> {
         }
     }
     bar.finish_and_clear();
-    if plan.workloads.contains(&Workload::Rss) {
-        tables.push(times);
-    }
-    Ok(tables)
+    Ok(tables.into_iter().flat_map(|(t, second)| std::iter::once(t).chain(second)).collect())
 }
 
-/// One measurement in a child: the figure, and the seconds of the rss workload.
+/// One measurement in a child: the figure, and the second one (3b, 4b) if the workload has one.
 fn run_cell(a: Allocator, w: Workload, threads: usize, scale: f64) -> Result<(f64, Option<f64>), String> {
     let cell = format!("{}:{threads}:{scale}", w.key());
     let what = format!("{} at {threads} threads on {}", w.key(), a.key());
@@ -714,7 +738,7 @@ fn run_cell(a: Allocator, w: Workload, threads: usize, scale: f64) -> Result<(f6
     let v: Value = serde_json::from_str(stdout.trim()).map_err(|e| format!("{what}: {e} in {stdout:?}"))?;
     let value = v["value"].as_f64().filter(|x| x.is_finite() && *x >= 0.0);
     let value = value.ok_or_else(|| format!("{what}: no figure in {stdout:?}"))?;
-    Ok((value, v["secs"].as_f64()))
+    Ok((value, v["second"].as_f64()))
 }
 
 /// `restartable bench --alloc`.
@@ -819,7 +843,7 @@ fn chart(plan: &Plan, tables: &[Results]) -> String {
                 let bar: String = bar.into_iter().collect();
                 let _ = writeln!(
                     out,
-                    "{:>3} {:<8} {t:>3} thr vs {:<8} {} {x:.2}x",
+                    "{:>3} {:<9} {t:>3} thr vs {:<8} {} {x:.2}x",
                     r.number,
                     r.key,
                     if rival == Allocator::System { "System" } else { "mimalloc" },
