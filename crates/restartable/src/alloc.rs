@@ -48,13 +48,14 @@
 //!   CPU, one guard word and one LIFO array per class: a word whose low 16 bits count the cached
 //!   blocks and whose upper 48 bits count the pops (hits), then the pointers. An allocation is
 //!   one critical section (load, test, copy the top pointer out, commit with one add); a free
-//!   is one (store the pointer, commit with one add). The capacity of class `k` is [`CAPACITY`]`[k]` blocks
-//!   (64 KiB worth, between 16 and 1024 blocks): at most [`CPU_CACHE_BYTES`] (1.15 MiB) per CPU,
-//!   resident only on CPUs that allocate, and only as far as they fill it. The bound is that
-//!   large so that the bursts of threads sharing a CPU fit: a consumer that frees a few hundred
-//!   blocks, then a producer that allocates as many. With 16 KiB per class (256 blocks of 64
-//!   bytes), two producer/consumer pairs per CPU over channels of 256 sent 43% of their boxes
-//!   through the depot, and ran at four fifths of the speed they run at now, which sends none.
+//!   is one (store the pointer, commit with one add). The capacity of class `k` is
+//!   [`CAPACITY`]`[k]` blocks (64 KiB worth, between 16 and 1024 blocks): at most
+//!   [`CPU_CACHE_BYTES`] (1.15 MiB) per CPU, resident only on CPUs that allocate, and only as
+//!   far as they fill it. The bound is that large so that the bursts of threads sharing a CPU
+//!   fit: a consumer that frees a few hundred blocks, then a producer that allocates as many.
+//!   With 16 KiB per class (256 blocks of 64 bytes), two producer/consumer pairs per CPU over
+//!   channels of 256 sent 43% of their boxes through the depot, and ran at four fifths of the
+//!   speed they run at now, which sends none.
 //! - **Depot.** A miss moves a batch ([`BATCH`]`[k]` blocks, 4 KiB worth, 4 to 32) from the
 //!   shared depot into the CPU's cache in one section (`cbne_memcpy_store`), or, when the depot is
 //!   empty, gets the batch from the inner allocator; a free that finds its cache full moves a
@@ -75,7 +76,8 @@
 //!   (the fence restarts any section in flight there), empties as many classes as fit a buffer
 //!   of [`MAX_CAPACITY`] pointers on the stack (so a few stops at most), and returns their blocks
 //!   to the inner allocator after releasing the guard, then stops it again for the rest;
-//!   correct while that CPU allocates. [`trim`](PerCpuAlloc::trim) does it for every CPU and empties the depot.
+//!   correct while that CPU allocates. [`trim`](PerCpuAlloc::trim) does it for every CPU and
+//!   empties the depot.
 //!
 //! # Every context
 //!
