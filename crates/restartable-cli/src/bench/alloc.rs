@@ -275,14 +275,14 @@ impl Workload {
     }
     /// The table of the second figure a child reports, if the workload has one: 3b, the churn's
     /// CPU time (wall time there is set by the kernel's serialization of thread creation, CPU
-    /// time by what each thread costs), and 4b, the rss workload's time.
-    fn second(self, threads: usize) -> Option<Results> {
+    /// time by what each thread costs), and 4b, the rss workload's time; one row per thread count.
+    fn second(self, thread_counts: usize) -> Option<Results> {
         let (number, key, title) = match self {
             Workload::Churn => ("3b", "churn-cpu", "CPU time of the thread churn, all threads together"),
             Workload::Rss => ("4b", "rss-time", "time of the resident-memory workload"),
             _ => return None,
         };
-        Some(Results::new(number, key, title, "s", false, threads))
+        Some(Results::new(number, key, title, "s", false, thread_counts))
     }
 }
 
